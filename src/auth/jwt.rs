@@ -1,0 +1,574 @@
+//! JWT verification into `Claims` (pinned algorithms, required `exp`, optional `iss`/`aud`/`nbf`,
+//! keys by `kid` from a JWKS file) and HS256 minting for the `token` command and the quickstart.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::AuthError;
+use crate::event::OrgId;
+use crate::settings::AuthSettings;
+
+/// A verified token's claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub sub: String,
+    pub role: String,
+    pub orgs: Vec<OrgId>,
+    pub tenant_id: Option<String>,
+    pub contractor_id: Option<String>,
+    /// Expiry, in seconds since the epoch; the stream closes with `auth.expired` then.
+    pub exp: u64,
+}
+
+/// Claims as they arrive, loosely typed so that a wrong shape is reported as a claim problem
+/// rather than as an unreadable token.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawClaims {
+    sub: Option<serde_json::Value>,
+    role: Option<serde_json::Value>,
+    orgs: Option<serde_json::Value>,
+    tenant_id: Option<serde_json::Value>,
+    contractor_id: Option<serde_json::Value>,
+    exp: Option<serde_json::Value>,
+}
+
+fn optional_string(value: Option<serde_json::Value>, name: &str) -> Result<Option<String>, AuthError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+        Some(_) => Err(AuthError::Claims(format!("{name} must be a non-empty string"))),
+    }
+}
+
+impl RawClaims {
+    fn validate(self, max_orgs: usize) -> Result<Claims, AuthError> {
+        let sub =
+            optional_string(self.sub, "sub")?.ok_or_else(|| AuthError::Claims("sub is required".into()))?;
+        let role = optional_string(self.role, "role")?
+            .ok_or_else(|| AuthError::Claims("role is required".into()))?;
+        let orgs = match self.orgs {
+            Some(serde_json::Value::Array(items)) if !items.is_empty() => items,
+            _ => return Err(AuthError::Claims("orgs must be a non-empty array".into())),
+        };
+        if orgs.len() > max_orgs {
+            return Err(AuthError::Claims(format!("orgs lists more than {max_orgs} orgs")));
+        }
+        let mut parsed: Vec<OrgId> = Vec::with_capacity(orgs.len());
+        for org in orgs {
+            let org = org
+                .as_str()
+                .and_then(|raw| OrgId::parse(raw).ok())
+                .ok_or_else(|| AuthError::Claims("each org must match [A-Za-z0-9_-]{1,64}".into()))?;
+            if !parsed.contains(&org) {
+                parsed.push(org);
+            }
+        }
+        let exp = self
+            .exp
+            .as_ref()
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| AuthError::Claims("exp must be a number of seconds".into()))?;
+        Ok(Claims {
+            sub,
+            role,
+            orgs: parsed,
+            tenant_id: optional_string(self.tenant_id, "tenantId")?,
+            contractor_id: optional_string(self.contractor_id, "contractorId")?,
+            exp,
+        })
+    }
+}
+
+/// Where verification keys come from.
+enum Keys {
+    /// One key (an HS secret or a public key) for every token.
+    Single(DecodingKey),
+    /// Keys of a JWKS file, chosen by the token's `kid`.
+    ByKid(HashMap<String, DecodingKey>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("`auth.algorithms`: unknown algorithm {0:?}")]
+    UnknownAlgorithm(String),
+    #[error("`auth.algorithms`: {0:?} cannot be verified with the configured key")]
+    AlgorithmMismatch(String),
+    #[error("`auth.public_key_pem`: not an RSA, EC or Ed25519 public key in PEM form")]
+    BadPem,
+    #[error("`auth.public_key_pem`: cannot read {path}: {source}")]
+    ReadPem { path: String, source: std::io::Error },
+    #[error("`auth.jwks_path`: cannot read {path}: {message}")]
+    Jwks { path: String, message: String },
+    #[error("`auth.jwt_secret`: a secret is required for HS* algorithms")]
+    NoSecret,
+}
+
+/// Verifies tokens. Built once at start-up; cheap to share.
+pub struct JwtVerifier {
+    keys: Keys,
+    /// One validation per accepted algorithm: the algorithm is never taken from the token.
+    validations: HashMap<Algorithm, Validation>,
+    max_orgs: usize,
+}
+
+fn family_matches(algorithm: Algorithm, key: &DecodingKey) -> bool {
+    algorithm.family() == key.family()
+}
+
+fn default_algorithm(key: &DecodingKey) -> Algorithm {
+    use jsonwebtoken::AlgorithmFamily;
+    match key.family() {
+        AlgorithmFamily::Hmac => Algorithm::HS256,
+        AlgorithmFamily::Rsa => Algorithm::RS256,
+        AlgorithmFamily::Ec => Algorithm::ES256,
+        _ => Algorithm::EdDSA,
+    }
+}
+
+fn load_pem(raw: &str) -> Result<DecodingKey, KeyError> {
+    let pem = if raw.trim_start().starts_with("-----BEGIN") {
+        raw.to_string()
+    } else {
+        std::fs::read_to_string(raw).map_err(|source| KeyError::ReadPem {
+            path: raw.to_string(),
+            source,
+        })?
+    };
+    let pem = pem.as_bytes();
+    DecodingKey::from_rsa_pem(pem)
+        .or_else(|_| DecodingKey::from_ec_pem(pem))
+        .or_else(|_| DecodingKey::from_ed_pem(pem))
+        .map_err(|_| KeyError::BadPem)
+}
+
+fn load_jwks(path: &str) -> Result<(HashMap<String, DecodingKey>, Vec<Algorithm>), KeyError> {
+    let jwks_error = |message: String| KeyError::Jwks {
+        path: path.to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| jwks_error(e.to_string()))?;
+    let set: JwkSet = serde_json::from_str(&text).map_err(|e| jwks_error(e.to_string()))?;
+    let mut keys = HashMap::new();
+    let mut algorithms = Vec::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
+        if matches!(jwk.algorithm, AlgorithmParameters::Other(_)) {
+            continue;
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| jwks_error(format!("key {kid}: {e}")))?;
+        let algorithm = jwk
+            .common
+            .key_algorithm
+            .and_then(|alg| Algorithm::from_str(&alg.to_string()).ok())
+            .unwrap_or_else(|| default_algorithm(&key));
+        if !algorithms.contains(&algorithm) {
+            algorithms.push(algorithm);
+        }
+        keys.insert(kid, key);
+    }
+    if keys.is_empty() {
+        return Err(jwks_error("no usable key with a kid".into()));
+    }
+    Ok((keys, algorithms))
+}
+
+impl JwtVerifier {
+    /// Builds the verifier from settings; `secret` is the HS secret in use (configured or
+    /// generated at start-up).
+    pub fn new(
+        settings: &AuthSettings,
+        secret: Option<&SecretString>,
+        max_orgs: usize,
+    ) -> Result<Self, KeyError> {
+        let (keys, key_algorithms) = if !settings.jwks_path.is_empty() {
+            let (keys, algorithms) = load_jwks(&settings.jwks_path)?;
+            (Keys::ByKid(keys), algorithms)
+        } else if !settings.public_key_pem.is_empty() {
+            let key = load_pem(&settings.public_key_pem)?;
+            let algorithm = default_algorithm(&key);
+            (Keys::Single(key), vec![algorithm])
+        } else {
+            let secret = secret.ok_or(KeyError::NoSecret)?;
+            let key = DecodingKey::from_secret(secret.expose_secret().as_bytes());
+            (Keys::Single(key), vec![Algorithm::HS256])
+        };
+        let algorithms = if settings.algorithms.is_empty() {
+            key_algorithms
+        } else {
+            settings
+                .algorithms
+                .iter()
+                .map(|name| Algorithm::from_str(name).map_err(|_| KeyError::UnknownAlgorithm(name.clone())))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        for algorithm in &algorithms {
+            let usable = match &keys {
+                Keys::Single(key) => family_matches(*algorithm, key),
+                Keys::ByKid(keys) => keys.values().any(|key| family_matches(*algorithm, key)),
+            };
+            if !usable {
+                return Err(KeyError::AlgorithmMismatch(format!("{algorithm:?}")));
+            }
+        }
+        let validations = algorithms
+            .into_iter()
+            .map(|algorithm| {
+                let mut validation = Validation::new(algorithm);
+                validation.leeway = settings.leeway_secs;
+                validation.validate_exp = true;
+                validation.validate_nbf = true;
+                validation.set_required_spec_claims(&["exp"]);
+                if settings.issuer.is_empty() {
+                    validation.iss = None;
+                } else {
+                    validation.set_issuer(&[&settings.issuer]);
+                    validation.required_spec_claims.insert("iss".into());
+                }
+                if settings.audience.is_empty() {
+                    validation.validate_aud = false;
+                } else {
+                    validation.set_audience(&[&settings.audience]);
+                    validation.required_spec_claims.insert("aud".into());
+                }
+                (algorithm, validation)
+            })
+            .collect();
+        Ok(Self {
+            keys,
+            validations,
+            max_orgs,
+        })
+    }
+
+    /// Verifies `token` and its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| match header_alg(token) {
+            // A readable header with an algorithm this library refuses, such as `none`.
+            Some(alg) => AuthError::Algorithm(alg),
+            None => AuthError::Malformed,
+        })?;
+        let validation = self
+            .validations
+            .get(&header.alg)
+            .ok_or_else(|| AuthError::Algorithm(format!("{:?}", header.alg)))?;
+        let key = match &self.keys {
+            Keys::Single(key) => key,
+            Keys::ByKid(keys) => header
+                .kid
+                .as_deref()
+                .and_then(|kid| keys.get(kid))
+                .ok_or(AuthError::UnknownKey)?,
+        };
+        if !family_matches(header.alg, key) {
+            return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let data = jsonwebtoken::decode::<RawClaims>(token, key, validation).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidIssuer => AuthError::Issuer,
+            ErrorKind::InvalidAudience => AuthError::Audience,
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
+                AuthError::Algorithm(format!("{:?}", header.alg))
+            }
+            ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::Issuer,
+            ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::Audience,
+            ErrorKind::MissingRequiredClaim(claim) => AuthError::Claims(format!("{claim} is required")),
+            ErrorKind::InvalidClaimFormat(claim) => AuthError::Claims(format!("{claim} is malformed")),
+            ErrorKind::Json(_) => AuthError::Claims("the claims are not a JSON object".into()),
+            _ => AuthError::Malformed,
+        })?;
+        data.claims.validate(self.max_orgs)
+    }
+}
+
+/// The `alg` of a token whose header is readable JSON, even when the algorithm is unknown.
+fn header_alg(token: &str) -> Option<String> {
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("alg")?.as_str().map(str::to_string)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Claims as minted by `TokenMinter`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MintedClaims<'a> {
+    sub: &'a str,
+    role: &'a str,
+    orgs: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    contractor_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+    iat: u64,
+    exp: u64,
+}
+
+/// Mints HS256 tokens with the configured secret (development, tests, the quickstart).
+pub struct TokenMinter {
+    key: EncodingKey,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+/// What a minted token says.
+pub struct TokenRequest<'a> {
+    pub sub: &'a str,
+    pub role: &'a str,
+    pub orgs: &'a [String],
+    pub tenant_id: Option<&'a str>,
+    pub contractor_id: Option<&'a str>,
+    pub ttl_secs: u64,
+}
+
+impl TokenMinter {
+    pub fn new(secret: &SecretString, settings: &AuthSettings) -> Self {
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Self {
+            key: EncodingKey::from_secret(secret.expose_secret().as_bytes()),
+            issuer: non_empty(&settings.issuer),
+            audience: non_empty(&settings.audience),
+        }
+    }
+
+    pub fn mint(&self, request: &TokenRequest<'_>) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = unix_now();
+        let claims = MintedClaims {
+            sub: request.sub,
+            role: request.role,
+            orgs: request.orgs,
+            tenant_id: request.tenant_id,
+            contractor_id: request.contractor_id,
+            iss: self.issuer.as_deref(),
+            aud: self.audience.as_deref(),
+            iat: now,
+            exp: now + request.ttl_secs,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Settings;
+
+    const SECRET: &str = "unit-test-secret";
+
+    fn settings() -> AuthSettings {
+        Settings::load_from(None, Some(HashMap::new()))
+            .expect("defaults load")
+            .auth
+    }
+
+    fn verifier(settings: &AuthSettings) -> JwtVerifier {
+        JwtVerifier::new(settings, Some(&SecretString::from(SECRET)), 64).expect("verifier builds")
+    }
+
+    fn sign(header: Header, claims: &serde_json::Value, secret: &str) -> String {
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret.as_bytes())).expect("encodes")
+    }
+
+    fn good_claims() -> serde_json::Value {
+        serde_json::json!({"sub": "u1", "role": "ops", "orgs": ["o1"], "exp": unix_now() + 60})
+    }
+
+    fn with(mut claims: serde_json::Value, key: &str, value: serde_json::Value) -> serde_json::Value {
+        claims[key] = value;
+        claims
+    }
+
+    #[test]
+    fn a_valid_token_yields_its_claims() {
+        let token = sign(Header::new(Algorithm::HS256), &good_claims(), SECRET);
+        let claims = verifier(&settings()).verify(&token).expect("valid token");
+        assert_eq!(claims.sub, "u1");
+        assert_eq!(claims.orgs, vec![OrgId::parse("o1").expect("valid")]);
+    }
+
+    #[test]
+    fn each_bad_token_gets_its_own_reason() {
+        let now = unix_now();
+        let none_header =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+        let body = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(good_claims().to_string());
+        let cases: Vec<(&str, String, &str)> = vec![
+            ("garbage", "not-a-jwt".into(), "malformed_token"),
+            (
+                "wrong secret",
+                sign(Header::new(Algorithm::HS256), &good_claims(), "other"),
+                "invalid_signature",
+            ),
+            (
+                "expired beyond leeway",
+                sign(
+                    Header::new(Algorithm::HS256),
+                    &with(good_claims(), "exp", (now - 120).into()),
+                    SECRET,
+                ),
+                "token_expired",
+            ),
+            (
+                "alg none",
+                format!("{none_header}.{body}."),
+                "algorithm_not_allowed",
+            ),
+            (
+                "HS512 when only HS256 is accepted",
+                sign(Header::new(Algorithm::HS512), &good_claims(), SECRET),
+                "algorithm_not_allowed",
+            ),
+            (
+                "not yet valid",
+                sign(
+                    Header::new(Algorithm::HS256),
+                    &with(good_claims(), "nbf", (now + 600).into()),
+                    SECRET,
+                ),
+                "token_not_yet_valid",
+            ),
+            (
+                "no exp",
+                sign(
+                    Header::new(Algorithm::HS256),
+                    &serde_json::json!({"sub":"u","role":"ops","orgs":["o"]}),
+                    SECRET,
+                ),
+                "invalid_claims",
+            ),
+            (
+                "no sub",
+                sign(
+                    Header::new(Algorithm::HS256),
+                    &serde_json::json!({"role":"ops","orgs":["o"],"exp":now+60}),
+                    SECRET,
+                ),
+                "invalid_claims",
+            ),
+            (
+                "no role",
+                sign(
+                    Header::new(Algorithm::HS256),
+                    &serde_json::json!({"sub":"u","orgs":["o"],"exp":now+60}),
+                    SECRET,
+                ),
+                "invalid_claims",
+            ),
+            (
+                "empty orgs",
+                sign(
+                    Header::new(Algorithm::HS256),
+                    &with(good_claims(), "orgs", serde_json::json!([])),
+                    SECRET,
+                ),
+                "invalid_claims",
+            ),
+            (
+                "bad org id",
+                sign(
+                    Header::new(Algorithm::HS256),
+                    &with(good_claims(), "orgs", serde_json::json!(["a b"])),
+                    SECRET,
+                ),
+                "invalid_claims",
+            ),
+            (
+                "orgs not an array",
+                sign(
+                    Header::new(Algorithm::HS256),
+                    &with(good_claims(), "orgs", "o1".into()),
+                    SECRET,
+                ),
+                "invalid_claims",
+            ),
+            (
+                "too many orgs",
+                sign(
+                    Header::new(Algorithm::HS256),
+                    &with(good_claims(), "orgs", (0..65).map(|i| format!("o{i}")).collect()),
+                    SECRET,
+                ),
+                "invalid_claims",
+            ),
+        ];
+        let verifier = verifier(&settings());
+        for (name, token, code) in cases {
+            let err = verifier.verify(&token).expect_err(name);
+            assert_eq!(err.code(), code, "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn issuer_and_audience_are_enforced_when_configured() {
+        let mut settings = settings();
+        settings.issuer = "https://auth.example".into();
+        settings.audience = "event-gateway".into();
+        let verifier = verifier(&settings);
+        let good = with(
+            with(good_claims(), "iss", "https://auth.example".into()),
+            "aud",
+            "event-gateway".into(),
+        );
+        assert!(verifier
+            .verify(&sign(Header::new(Algorithm::HS256), &good, SECRET))
+            .is_ok());
+        let wrong_iss = with(good.clone(), "iss", "https://evil.example".into());
+        assert_eq!(
+            verifier.verify(&sign(Header::new(Algorithm::HS256), &wrong_iss, SECRET)),
+            Err(AuthError::Issuer)
+        );
+        let wrong_aud = with(good, "aud", "other".into());
+        assert_eq!(
+            verifier.verify(&sign(Header::new(Algorithm::HS256), &wrong_aud, SECRET)),
+            Err(AuthError::Audience)
+        );
+        assert_eq!(
+            verifier.verify(&sign(Header::new(Algorithm::HS256), &good_claims(), SECRET)),
+            Err(AuthError::Issuer)
+        );
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let settings = settings();
+        let orgs = vec!["o1".to_string(), "o2".to_string()];
+        let token = TokenMinter::new(&SecretString::from(SECRET), &settings)
+            .mint(&TokenRequest {
+                sub: "u",
+                role: "tenant",
+                orgs: &orgs,
+                tenant_id: Some("t"),
+                contractor_id: None,
+                ttl_secs: 60,
+            })
+            .expect("mints");
+        let claims = verifier(&settings).verify(&token).expect("valid");
+        assert_eq!(claims.tenant_id.as_deref(), Some("t"));
+        assert_eq!(claims.orgs.len(), 2);
+    }
+}

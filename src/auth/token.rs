@@ -1,0 +1,103 @@
+//! Finding the token: `Authorization: Bearer`, then the cookie, then the `access_token` query
+//! parameter.
+
+use actix_web::http::header;
+use actix_web::HttpRequest;
+
+use super::AuthError;
+
+/// The raw token of `request`, by the contract's order of precedence.
+pub fn extract_token(request: &HttpRequest, cookie_name: &str) -> Result<String, AuthError> {
+    if let Some(value) = request.headers().get(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+        let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        return Ok(token.trim().to_string());
+    }
+    if let Some(cookie) = request.cookie(cookie_name) {
+        if !cookie.value().is_empty() {
+            return Ok(cookie.value().to_string());
+        }
+    }
+    let query = request.query_string();
+    if !query.is_empty() {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+        if let Some((_, token)) = pairs
+            .into_iter()
+            .find(|(k, v)| k == "access_token" && !v.is_empty())
+        {
+            return Ok(token);
+        }
+    }
+    Err(AuthError::Missing)
+}
+
+/// `query` with the value of every `access_token` parameter replaced, for logging.
+pub fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key == "access_token" => format!("{key}=REDACTED"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::cookie::Cookie;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn header_wins_over_cookie_and_query() {
+        let request = TestRequest::get()
+            .uri("/api/events?access_token=from-query")
+            .insert_header((header::AUTHORIZATION, "Bearer from-header"))
+            .cookie(Cookie::new("access_token", "from-cookie"))
+            .to_http_request();
+        assert_eq!(extract_token(&request, "access_token"), Ok("from-header".into()));
+    }
+
+    #[test]
+    fn cookie_wins_over_query() {
+        let request = TestRequest::get()
+            .uri("/api/events?access_token=from-query")
+            .cookie(Cookie::new("session", "from-cookie"))
+            .to_http_request();
+        assert_eq!(extract_token(&request, "session"), Ok("from-cookie".into()));
+    }
+
+    #[test]
+    fn query_parameter_is_the_last_resort() {
+        let request = TestRequest::get()
+            .uri("/api/events?types=a.b&access_token=from%2Dquery")
+            .to_http_request();
+        assert_eq!(extract_token(&request, "access_token"), Ok("from-query".into()));
+    }
+
+    #[test]
+    fn no_token_anywhere_is_missing() {
+        let request = TestRequest::get().uri("/api/events").to_http_request();
+        assert_eq!(extract_token(&request, "access_token"), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn authorization_header_without_bearer_is_malformed() {
+        let request = TestRequest::get()
+            .insert_header((header::AUTHORIZATION, "Basic dXNlcjpwYXNz"))
+            .to_http_request();
+        assert_eq!(extract_token(&request, "access_token"), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn query_tokens_are_redacted() {
+        assert_eq!(
+            redact_query("types=a.b&access_token=secret.jwt.value&since=ack"),
+            "types=a.b&access_token=REDACTED&since=ack"
+        );
+    }
+}

@@ -1,0 +1,164 @@
+#!lua name=event_gateway
+-- event-gateway's Redis Functions, loaded by every replica at start-up and whenever it finds
+-- them missing (FUNCTION LOAD REPLACE). The limits below are filled in from the configuration.
+--
+--   FCALL event_gateway_publish 0 <org> <envelope-json>   -> event id
+--   FCALL_RO event_gateway_replay 0 <start> <count> <org> [<org> ...]
+--
+-- Event ids are "<ms>-<seq>" from ONE counter per Redis (key events:last-id), so they are
+-- totally ordered across all orgs and sort by publish time. Each org's history is the stream
+-- events:history:<org>, whose entry ids are the event ids. The publish appends to the stream and
+-- PUBLISHes "<id> <envelope>" on events:org:<org> in one atomic step.
+
+local MAX_EVENTS = __MAX_EVENTS__
+local RETENTION_MS = __RETENTION_MS__
+local MAX_BYTES = __MAX_BYTES__
+
+local function valid_org(org)
+  return type(org) == 'string' and #org >= 1 and #org <= 64 and not string.find(org, '[^A-Za-z0-9_%-]')
+end
+
+local function valid_type(t)
+  if type(t) ~= 'string' or #t < 1 or #t > 64 then
+    return false
+  end
+  for segment in string.gmatch(t .. '.', '([^.]*)%.') do
+    if #segment == 0 or string.find(segment, '[^a-z0-9_%-]') then
+      return false
+    end
+  end
+  return true
+end
+
+local function optional_string(envelope, name)
+  local value = envelope[name]
+  return value == nil or type(value) == 'string'
+end
+
+-- Returns nil when the envelope is acceptable, else a sentence naming the problem.
+local function envelope_problem(org, payload)
+  if #payload > MAX_BYTES then
+    return 'envelope is ' .. #payload .. ' bytes, over the limit of ' .. MAX_BYTES
+  end
+  local ok, envelope = pcall(cjson.decode, payload)
+  if not ok or type(envelope) ~= 'table' or not string.match(payload, '^%s*{') then
+    return 'envelope is not a JSON object'
+  end
+  if envelope['type'] == nil then
+    return 'envelope has no "type"'
+  end
+  if not valid_type(envelope['type']) then
+    return '"type" must be dot-separated segments of a-z, 0-9, _ or -, at most 64 characters'
+  end
+  local data = envelope['data']
+  if data == nil then
+    return 'envelope has no "data"'
+  end
+  if type(data) ~= 'table' or #data > 0 then
+    return '"data" must be a JSON object'
+  end
+  if envelope['orgId'] ~= nil and envelope['orgId'] ~= org then
+    return '"orgId" does not match the org argument'
+  end
+  local priority = envelope['priority']
+  if priority ~= nil and priority ~= 'normal' and priority ~= 'high' then
+    return '"priority" must be "normal" or "high"'
+  end
+  for _, name in ipairs({'landlordId', 'tenantId', 'contractorId'}) do
+    if not optional_string(envelope, name) then
+      return '"' .. name .. '" must be a string'
+    end
+  end
+  local users = envelope['userIds']
+  if users ~= nil then
+    if type(users) ~= 'table' then
+      return '"userIds" must be an array of strings'
+    end
+    for _, user in pairs(users) do
+      if type(user) ~= 'string' then
+        return '"userIds" must be an array of strings'
+      end
+    end
+  end
+  return nil
+end
+
+local function parse_id(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+
+local function next_id(stream)
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local ms, seq = now, 0
+  local last = redis.call('HMGET', 'events:last-id', 'ms', 'seq')
+  if last[1] then
+    local last_ms, last_seq = tonumber(last[1]), tonumber(last[2])
+    if ms <= last_ms then
+      ms, seq = last_ms, last_seq + 1
+    end
+  end
+  -- Never below the stream's own newest entry, even if the counter key was lost.
+  local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if top[1] then
+    local top_ms, top_seq = parse_id(top[1][1])
+    if top_ms and (ms < top_ms or (ms == top_ms and seq <= top_seq)) then
+      ms, seq = top_ms, top_seq + 1
+    end
+  end
+  redis.call('HSET', 'events:last-id', 'ms', string.format('%d', ms), 'seq', string.format('%d', seq))
+  return ms, seq
+end
+
+local function publish(keys, args)
+  local org, payload = args[1], args[2]
+  if not valid_org(org) then
+    return redis.error_reply('ERR invalid org id: must be 1 to 64 characters of A-Z, a-z, 0-9, _ or -')
+  end
+  if payload == nil then
+    return redis.error_reply('ERR missing envelope argument')
+  end
+  local problem = envelope_problem(org, payload)
+  if problem then
+    return redis.error_reply('ERR invalid envelope: ' .. problem)
+  end
+  local stream = 'events:history:' .. org
+  local ms, seq = next_id(stream)
+  local id = string.format('%d-%d', ms, seq)
+  redis.call('XADD', stream, 'MAXLEN', MAX_EVENTS, id, 'e', payload)
+  redis.call('XTRIM', stream, 'MINID', string.format('%d', ms - RETENTION_MS))
+  redis.call('PEXPIRE', stream, RETENTION_MS)
+  redis.call('PUBLISH', 'events:org:' .. org, id .. ' ' .. payload)
+  return id
+end
+
+-- One consistent snapshot of several orgs' history. For each org:
+-- { org, max-deleted-entry-id, oldest kept id or '', { {id, {'e', envelope}}, ... } }
+local function replay(keys, args)
+  local start, count = args[1], args[2]
+  local out = {}
+  for i = 3, #args do
+    local org = args[i]
+    local stream = 'events:history:' .. org
+    local deleted, oldest, entries = '0-0', '', {}
+    if redis.call('EXISTS', stream) == 1 then
+      local info = redis.call('XINFO', 'STREAM', stream)
+      for j = 1, #info, 2 do
+        if info[j] == 'max-deleted-entry-id' then
+          deleted = info[j + 1]
+        end
+      end
+      local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+      if first[1] then
+        oldest = first[1][1]
+      end
+      entries = redis.call('XRANGE', stream, start, '+', 'COUNT', count)
+    end
+    out[#out + 1] = {org, deleted, oldest, entries}
+  end
+  return out
+end
+
+redis.register_function('event_gateway_publish', publish)
+redis.register_function{function_name = 'event_gateway_replay', callback = replay, flags = {'no-writes'}}

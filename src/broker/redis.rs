@@ -1,0 +1,513 @@
+//! Redis mode: one RESP3 pub/sub connection per replica feeding the hub, a deadpool-redis pool
+//! for commands, and the `event_gateway` Redis Functions for durable publish and replay.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::subscriptions::{org_of_channel, Subscriptions};
+use super::{merge_by_id, BrokerError, Lease, PublishItem, Replay, ReplayFrom};
+use crate::event::{EnvelopeError, Event, EventId, OrgId};
+use crate::hub::Hub;
+use crate::metrics::{Source, METRICS};
+use crate::settings::Settings;
+use crate::shutdown::Shutdown;
+use crate::telemetry::RateLimitedLog;
+
+const FUNCTIONS_TEMPLATE: &str = include_str!("functions.lua");
+const LIBRARY: &str = "event_gateway";
+/// How often readiness is probed (and the Functions reloaded if Redis lost them).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct RedisBroker {
+    pool: Pool,
+    history: History,
+    subscriptions: Arc<Subscriptions>,
+    /// Redis answered the last probe and the Functions are loaded.
+    ready: Arc<AtomicBool>,
+}
+
+/// Reads and writes durable history through the pool.
+#[derive(Clone)]
+struct History {
+    pool: Pool,
+    functions: Arc<str>,
+    max_event_bytes: usize,
+    max_events_per_org: usize,
+    ack_ttl_secs: u64,
+}
+
+fn unavailable(error: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(error.to_string())
+}
+
+fn command_error(error: redis::RedisError) -> BrokerError {
+    if error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_timeout()
+        || error.is_connection_refusal()
+    {
+        BrokerError::Unavailable(error.to_string())
+    } else {
+        BrokerError::Rejected(error.detail().unwrap_or("rejected").to_string())
+    }
+}
+
+fn is_missing_function(error: &redis::RedisError) -> bool {
+    error.to_string().contains("Function not found")
+}
+
+fn connection_info(url: &str) -> Result<redis::ConnectionInfo, redis::RedisError> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+    let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    Ok(info.set_redis_settings(settings))
+}
+
+impl RedisBroker {
+    /// Connects lazily (the gateway starts while Redis is down) and spawns the pub/sub
+    /// dispatcher, the health probe and the subscription sweeper.
+    pub fn start(settings: &Settings, hub: Arc<Hub>, shutdown: Shutdown) -> Result<Arc<Self>, BrokerError> {
+        let url = settings.redis.url.trim();
+        let (push_sender, pushes) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
+        let client = redis::Client::open(connection_info(url).map_err(unavailable)?).map_err(unavailable)?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_push_sender(push_sender)
+            .set_automatic_resubscription()
+            .set_number_of_retries(usize::MAX)
+            .set_max_delay(Duration::from_secs(2))
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT));
+        let subscriber =
+            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(unavailable)?;
+        let mut pool_config = deadpool_redis::Config::from_url(url);
+        pool_config.pool = Some(PoolConfig {
+            max_size: 16,
+            timeouts: Timeouts {
+                wait: Some(COMMAND_TIMEOUT),
+                create: Some(COMMAND_TIMEOUT),
+                recycle: Some(COMMAND_TIMEOUT),
+            },
+            ..PoolConfig::default()
+        });
+        let pool = pool_config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(unavailable)?;
+        let functions = FUNCTIONS_TEMPLATE
+            .replace("__MAX_EVENTS__", &settings.history.max_events_per_org.to_string())
+            .replace(
+                "__RETENTION_MS__",
+                &(settings.history.retention_secs * 1000).to_string(),
+            )
+            .replace("__MAX_BYTES__", &settings.limits.max_event_bytes.to_string());
+        let history = History {
+            pool: pool.clone(),
+            functions: functions.into(),
+            max_event_bytes: settings.limits.max_event_bytes,
+            max_events_per_org: settings.history.max_events_per_org,
+            ack_ttl_secs: settings.history.retention_secs,
+        };
+        let broker = Arc::new(Self {
+            pool,
+            history: history.clone(),
+            subscriptions: Arc::new(Subscriptions::new(
+                subscriber.clone(),
+                Duration::from_secs(settings.redis.unsubscribe_linger_secs),
+            )),
+            ready: Arc::new(AtomicBool::new(false)),
+        });
+        let dispatcher = Dispatcher {
+            hub,
+            history,
+            ready: broker.ready.clone(),
+            max_event_bytes: settings.limits.max_event_bytes,
+            subscribed: HashSet::new(),
+            last_durable: HashMap::new(),
+            newest_durable: None,
+            refill: HashMap::new(),
+            dropped_log: RateLimitedLog::new(Duration::from_secs(10)),
+        };
+        tokio::spawn(dispatcher.run(pushes, shutdown.clone()));
+        tokio::spawn(probe_health(broker.clone(), subscriber, shutdown.clone()));
+        tokio::spawn(sweep_subscriptions(broker.subscriptions.clone(), shutdown));
+        Ok(broker)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub async fn subscribe(&self, orgs: &[OrgId]) -> Result<Lease, BrokerError> {
+        self.subscriptions.acquire(orgs).await
+    }
+
+    pub async fn publish(&self, items: &[PublishItem]) -> Result<Vec<EventId>, BrokerError> {
+        let mut connection = self.pool.get().await.map_err(unavailable)?;
+        let mut pipeline = redis::pipe();
+        if items.len() > 1 {
+            // One bad or failed event publishes none of the batch.
+            pipeline.atomic();
+        }
+        for item in items {
+            pipeline
+                .cmd("FCALL")
+                .arg("event_gateway_publish")
+                .arg(0)
+                .arg(item.org.as_str())
+                .arg(&item.raw);
+        }
+        let ids: Vec<String> = match pipeline.query_async(&mut *connection).await {
+            Ok(ids) => ids,
+            Err(error) if is_missing_function(&error) => {
+                self.history.load_functions(&mut connection).await?;
+                pipeline
+                    .query_async(&mut *connection)
+                    .await
+                    .map_err(command_error)?
+            }
+            Err(error) => return Err(command_error(error)),
+        };
+        ids.iter()
+            .map(|id| {
+                id.parse()
+                    .map_err(|_| BrokerError::Rejected(format!("unexpected event id {id:?}")))
+            })
+            .collect()
+    }
+
+    pub async fn replay(&self, orgs: &[OrgId], from: ReplayFrom) -> Result<Replay, BrokerError> {
+        self.history.replay(orgs, from).await
+    }
+
+    pub async fn save_ack(&self, user: &str, id: EventId) -> Result<(), BrokerError> {
+        let mut connection = self.pool.get().await.map_err(unavailable)?;
+        connection
+            .set_ex::<_, _, ()>(ack_key(user), id.to_string(), self.history.ack_ttl_secs)
+            .await
+            .map_err(command_error)
+    }
+
+    pub async fn load_ack(&self, user: &str) -> Result<Option<EventId>, BrokerError> {
+        let mut connection = self.pool.get().await.map_err(unavailable)?;
+        let raw: Option<String> = connection.get(ack_key(user)).await.map_err(command_error)?;
+        Ok(raw.and_then(|raw| raw.parse().ok()))
+    }
+}
+
+fn ack_key(user: &str) -> String {
+    format!("events:ack:{user}")
+}
+
+/// One org's part of a replay snapshot: org, max deleted id, oldest kept id, entries.
+type OrgSnapshot = (String, String, String, Vec<(String, Vec<Vec<u8>>)>);
+
+impl History {
+    async fn load_functions(&self, connection: &mut deadpool_redis::Connection) -> Result<(), BrokerError> {
+        redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(&*self.functions)
+            .query_async::<String>(&mut **connection)
+            .await
+            .map_err(command_error)?;
+        Ok(())
+    }
+
+    /// Loads the Functions when Redis does not have them (first start, or a restart without
+    /// persistence).
+    async fn ensure_functions(&self, connection: &mut deadpool_redis::Connection) -> Result<(), BrokerError> {
+        let libraries: Value = redis::cmd("FUNCTION")
+            .arg("LIST")
+            .arg("LIBRARYNAME")
+            .arg(LIBRARY)
+            .query_async(&mut **connection)
+            .await
+            .map_err(command_error)?;
+        let loaded = matches!(&libraries, Value::Array(items) if !items.is_empty());
+        if !loaded {
+            self.load_functions(connection).await?;
+            tracing::info!("Loaded the event_gateway Redis Functions.");
+        }
+        Ok(())
+    }
+
+    async fn replay(&self, orgs: &[OrgId], from: ReplayFrom) -> Result<Replay, BrokerError> {
+        let start = match from {
+            ReplayFrom::After(id) => format!("({id}"),
+            ReplayFrom::Since(millis) => format!("{millis}-0"),
+        };
+        let mut connection = self.pool.get().await.map_err(unavailable)?;
+        let mut command = redis::cmd("FCALL_RO");
+        command
+            .arg("event_gateway_replay")
+            .arg(0)
+            .arg(&start)
+            .arg(self.max_events_per_org);
+        for org in orgs {
+            command.arg(org.as_str());
+        }
+        let snapshot: Vec<OrgSnapshot> = match command.query_async(&mut *connection).await {
+            Ok(snapshot) => snapshot,
+            Err(error) if is_missing_function(&error) => {
+                self.load_functions(&mut connection).await?;
+                command
+                    .query_async(&mut *connection)
+                    .await
+                    .map_err(command_error)?
+            }
+            Err(error) => return Err(command_error(error)),
+        };
+        let mut per_org = Vec::with_capacity(snapshot.len());
+        let mut truncated: Option<EventId> = None;
+        let mut high_water = None;
+        for (org, max_deleted, oldest, entries) in snapshot {
+            let Ok(org) = OrgId::parse(&org) else { continue };
+            let max_deleted: Option<EventId> = max_deleted.parse().ok();
+            if max_deleted.is_some_and(|deleted| deleted > from.boundary()) {
+                if let Some(oldest) = oldest.parse().ok().or(max_deleted) {
+                    truncated = Some(truncated.map_or(oldest, |t: EventId| t.min(oldest)));
+                }
+            }
+            let mut events = Vec::with_capacity(entries.len());
+            for (id, fields) in entries {
+                let Ok(id) = id.parse::<EventId>() else { continue };
+                high_water = high_water.max(Some(id));
+                let Some(envelope) = fields.get(1) else { continue };
+                match Event::decode_stored(&org, Some(id), envelope, self.max_event_bytes) {
+                    Ok(event) => events.push(Arc::new(event)),
+                    Err(error) => METRICS.event_dropped(error.reason()),
+                }
+            }
+            per_org.push(events);
+        }
+        Ok(Replay {
+            events: merge_by_id(per_org),
+            truncated: truncated.map(|id| id.to_string()),
+            high_water,
+        })
+    }
+}
+
+/// Moves pub/sub messages into the hub, decoding each once. After a lost connection it fills
+/// the gap of every resubscribed org from history before dispatching that org's new messages.
+struct Dispatcher {
+    hub: Arc<Hub>,
+    history: History,
+    ready: Arc<AtomicBool>,
+    max_event_bytes: usize,
+    /// Orgs Redis has confirmed.
+    subscribed: HashSet<OrgId>,
+    /// The newest durable id dispatched per subscribed org: older ones are duplicates.
+    last_durable: HashMap<OrgId, EventId>,
+    /// The newest durable id dispatched for any org.
+    newest_durable: Option<EventId>,
+    /// Orgs to refill from history when their resubscription is confirmed, and from where.
+    refill: HashMap<OrgId, ReplayFrom>,
+    dropped_log: RateLimitedLog,
+}
+
+impl Dispatcher {
+    async fn run(mut self, mut pushes: UnboundedReceiver<PushInfo>, shutdown: Shutdown) {
+        loop {
+            let push = tokio::select! {
+                push = pushes.recv() => push,
+                () = shutdown.stopped() => None,
+            };
+            let Some(push) = push else { break };
+            match push.kind {
+                PushKind::Message => self.on_message(&push.data),
+                PushKind::Subscribe => self.on_subscribed(&push.data).await,
+                PushKind::Unsubscribe => {
+                    if let Some(org) = channel_arg(&push.data).and_then(org_of_channel) {
+                        self.subscribed.remove(&org);
+                        self.last_durable.remove(&org);
+                    }
+                }
+                PushKind::Disconnection => self.on_disconnected(),
+                _ => {}
+            }
+        }
+    }
+
+    fn on_disconnected(&mut self) {
+        self.ready.store(false, Ordering::Relaxed);
+        tracing::warn!("Lost the Redis pub/sub connection; reconnecting.");
+        let gap_start = self.newest_durable;
+        for org in self.subscribed.drain() {
+            // Ids are global: nothing this replica missed is older than the newest it saw.
+            let from = match self.last_durable.get(&org).copied().max(gap_start) {
+                Some(last) => ReplayFrom::After(last),
+                None => ReplayFrom::Since(super::embedded::now_millis()),
+            };
+            self.refill.insert(org, from);
+        }
+    }
+
+    async fn on_subscribed(&mut self, data: &[Value]) {
+        let Some(org) = channel_arg(data).and_then(org_of_channel) else {
+            return;
+        };
+        self.subscribed.insert(org.clone());
+        let Some(from) = self.refill.remove(&org) else {
+            return;
+        };
+        match self.history.replay(std::slice::from_ref(&org), from).await {
+            Ok(replay) => {
+                let filled = replay.events.len();
+                for event in replay.events {
+                    self.dispatch(event);
+                }
+                tracing::info!(org = %org, filled, "Resubscribed after a lost connection; filled the gap from history.");
+            }
+            Err(error) => {
+                tracing::warn!(org = %org, %error, "Could not fill the gap from history after reconnecting.");
+            }
+        }
+    }
+
+    fn on_message(&mut self, data: &[Value]) {
+        let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+            (data.first(), data.get(1))
+        else {
+            return;
+        };
+        let decoded = org_of_channel(channel)
+            .ok_or(EnvelopeError::MissingOrg)
+            .and_then(|org| Event::decode_message(&org, payload, self.max_event_bytes));
+        match decoded {
+            Ok(event) => self.dispatch(Arc::new(event)),
+            Err(error) => {
+                METRICS.event_dropped(error.reason());
+                self.dropped_log.warn(error.reason(), |suppressed| {
+                    tracing::warn!(reason = error.reason(), suppressed, %error, "Dropped a malformed event from Redis.");
+                });
+            }
+        }
+    }
+
+    fn dispatch(&mut self, event: Arc<Event>) {
+        match event.id {
+            Some(id) => {
+                let last = self
+                    .last_durable
+                    .entry(event.org.clone())
+                    .or_insert(EventId { millis: 0, seq: 0 });
+                if id <= *last {
+                    return;
+                }
+                *last = id;
+                self.newest_durable = self.newest_durable.max(Some(id));
+                METRICS.event_received(Source::Durable);
+            }
+            None => METRICS.event_received(Source::Live),
+        }
+        self.hub.publish(&event);
+    }
+}
+
+fn channel_arg(data: &[Value]) -> Option<&[u8]> {
+    match data.first() {
+        Some(Value::BulkString(channel)) => Some(channel),
+        _ => None,
+    }
+}
+
+/// Probes Redis every second: readiness follows the answers, the Functions are reloaded when
+/// missing, and the pub/sub connection is kept trying to reconnect.
+async fn probe_health(broker: Arc<RedisBroker>, mut subscriber: ConnectionManager, shutdown: Shutdown) {
+    let mut was_ready = false;
+    let mut ever_ready = false;
+    loop {
+        let probe = async {
+            let mut connection = broker.pool.get().await.map_err(unavailable)?;
+            broker.history.ensure_functions(&mut connection).await?;
+            redis::cmd("PING")
+                .query_async::<Value>(&mut subscriber)
+                .await
+                .map_err(command_error)?;
+            Ok::<(), BrokerError>(())
+        };
+        let ready = match tokio::time::timeout(COMMAND_TIMEOUT * 2, probe).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                if was_ready || !ever_ready {
+                    tracing::warn!(%error, "Redis is unreachable; not ready.");
+                }
+                false
+            }
+            Err(_) => false,
+        };
+        if ready && !was_ready {
+            if ever_ready {
+                METRICS.redis_reconnected();
+                tracing::info!("Reconnected to Redis; ready.");
+            } else {
+                tracing::info!("Connected to Redis; ready.");
+            }
+            ever_ready = true;
+        }
+        broker.ready.store(ready, Ordering::Relaxed);
+        was_ready = ready;
+        tokio::select! {
+            () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            () = shutdown.stopped() => return,
+        }
+    }
+}
+
+async fn sweep_subscriptions(subscriptions: Arc<Subscriptions>, shutdown: Shutdown) {
+    let period = (subscriptions.linger() / 2).max(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(period) => subscriptions.sweep().await,
+            () = shutdown.stopped() => return,
+        }
+    }
+}
+
+/// Publishes one envelope through Redis (for the `publish` command): live with PUBLISH, or
+/// durable through the Function, which returns the event id.
+pub async fn publish_once(
+    url: &str,
+    org: &OrgId,
+    envelope: &str,
+    durable: bool,
+) -> Result<Option<EventId>, BrokerError> {
+    let client = redis::Client::open(url).map_err(unavailable)?;
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(command_error)?;
+    if !durable {
+        connection
+            .publish::<_, _, i64>(super::subscriptions::channel_of(org), envelope)
+            .await
+            .map_err(command_error)?;
+        return Ok(None);
+    }
+    let id: String = redis::cmd("FCALL")
+        .arg("event_gateway_publish")
+        .arg(0)
+        .arg(org.as_str())
+        .arg(envelope)
+        .query_async(&mut connection)
+        .await
+        .map_err(|error| {
+            if is_missing_function(&error) {
+                BrokerError::Unavailable(
+                    "the event_gateway Functions are not loaded: start a gateway on this Redis first".into(),
+                )
+            } else {
+                command_error(error)
+            }
+        })?;
+    id.parse()
+        .map(Some)
+        .map_err(|_| BrokerError::Rejected(format!("unexpected event id {id:?}")))
+}

@@ -1,0 +1,181 @@
+//! Which org channels this replica is subscribed to on its one pub/sub connection: SUBSCRIBE
+//! when an org's first local client arrives, UNSUBSCRIBE a while after its last one leaves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redis::aio::ConnectionManager;
+
+use super::BrokerError;
+use crate::event::OrgId;
+
+/// How long a SUBSCRIBE may take before the client is told the broker is unavailable.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pub/sub channel of an org.
+pub fn channel_of(org: &OrgId) -> String {
+    format!("events:org:{org}")
+}
+
+/// The org of a pub/sub channel, if it is one of ours.
+pub fn org_of_channel(channel: &[u8]) -> Option<OrgId> {
+    let channel = std::str::from_utf8(channel).ok()?;
+    OrgId::parse(channel.strip_prefix("events:org:")?).ok()
+}
+
+pub struct Subscriptions {
+    /// The replica's one pub/sub connection (RESP3; it resubscribes by itself after reconnecting).
+    connection: ConnectionManager,
+    /// Subscribed orgs and how many local streams hold each. An entry exists only once Redis
+    /// has confirmed the subscription.
+    state: Mutex<HashMap<OrgId, Holders>>,
+    /// Serializes SUBSCRIBE and UNSUBSCRIBE, so the two never cross for one org.
+    changes: tokio::sync::Mutex<()>,
+    linger: Duration,
+}
+
+struct Holders {
+    count: usize,
+    /// When the count last dropped to zero.
+    idle_since: Option<Instant>,
+}
+
+/// Holds the subscriptions of one stream's orgs; dropping it releases them.
+pub struct Lease {
+    subscriptions: Option<Arc<Subscriptions>>,
+    orgs: Vec<OrgId>,
+}
+
+impl Lease {
+    /// A lease of the embedded broker, which needs no subscription.
+    pub fn local() -> Self {
+        Self {
+            subscriptions: None,
+            orgs: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(subscriptions) = &self.subscriptions {
+            subscriptions.release(&self.orgs);
+        }
+    }
+}
+
+impl Subscriptions {
+    pub fn new(connection: ConnectionManager, linger: Duration) -> Self {
+        Self {
+            connection,
+            state: Mutex::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+            linger,
+        }
+    }
+
+    /// Takes a hold on `org` if it is already subscribed.
+    fn hold_existing(&self, org: &OrgId) -> bool {
+        match self.state.lock().get_mut(org) {
+            Some(holders) => {
+                holders.count += 1;
+                holders.idle_since = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Returns once every org of `orgs` is subscribed and held.
+    pub async fn acquire(self: &Arc<Self>, orgs: &[OrgId]) -> Result<Lease, BrokerError> {
+        let mut lease = Lease {
+            subscriptions: Some(self.clone()),
+            orgs: Vec::with_capacity(orgs.len()),
+        };
+        let mut missing = Vec::new();
+        for org in orgs {
+            if self.hold_existing(org) {
+                lease.orgs.push(org.clone());
+            } else {
+                missing.push(org);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(lease);
+        }
+        let _changes = self.changes.lock().await;
+        for org in missing {
+            if !self.hold_existing(org) {
+                let mut connection = self.connection.clone();
+                tokio::time::timeout(SUBSCRIBE_TIMEOUT, connection.subscribe(channel_of(org)))
+                    .await
+                    .map_err(|_| BrokerError::Unavailable("SUBSCRIBE timed out".into()))?
+                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                self.state.lock().insert(
+                    org.clone(),
+                    Holders {
+                        count: 1,
+                        idle_since: None,
+                    },
+                );
+            }
+            lease.orgs.push(org.clone());
+        }
+        Ok(lease)
+    }
+
+    fn release(&self, orgs: &[OrgId]) {
+        let mut state = self.state.lock();
+        for org in orgs {
+            if let Some(holders) = state.get_mut(org) {
+                holders.count = holders.count.saturating_sub(1);
+                if holders.count == 0 {
+                    holders.idle_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Unsubscribes the orgs nobody has held for the linger time.
+    pub async fn sweep(&self) {
+        let _changes = self.changes.lock().await;
+        let idle: Vec<OrgId> = {
+            let mut state = self.state.lock();
+            let idle: Vec<OrgId> = state
+                .iter()
+                .filter(|(_, h)| h.count == 0 && h.idle_since.is_some_and(|t| t.elapsed() >= self.linger))
+                .map(|(org, _)| org.clone())
+                .collect();
+            for org in &idle {
+                state.remove(org);
+            }
+            idle
+        };
+        for org in idle {
+            let mut connection = self.connection.clone();
+            if let Err(error) = connection.unsubscribe(channel_of(&org)).await {
+                tracing::warn!(org = %org, %error, "Unsubscribing an idle org failed; it stays subscribed until reconnection.");
+            }
+        }
+    }
+
+    pub fn linger(&self) -> Duration {
+        self.linger
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_map_to_orgs_and_back() {
+        let org = OrgId::parse("org-1").expect("valid");
+        assert_eq!(channel_of(&org), "events:org:org-1");
+        assert_eq!(org_of_channel(b"events:org:org-1"), Some(org));
+        assert_eq!(org_of_channel(b"events:org:bad org"), None);
+        assert_eq!(org_of_channel(b"other:org-1"), None);
+    }
+}

@@ -1,0 +1,145 @@
+//! The HTTP edge's one error type: every failure becomes a status and the JSON body
+//! `{"error":{"code":"<snake_case>","message":"<sentence>"}}`.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::auth::AuthError;
+use crate::broker::BrokerError;
+use crate::policy::PolicyError;
+
+/// Seconds a client is asked to wait before retrying a 503.
+const RETRY_AFTER_SECS: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Forbidden(#[from] PolicyError),
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{message}")]
+    TooLarge { code: &'static str, message: String },
+    #[error("the gateway is not ready: {0}")]
+    NotReady(String),
+    #[error("the gateway is shutting down; reconnect to another replica")]
+    Draining,
+    #[error("this replica has reached its connection limit")]
+    ServerFull,
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+    #[error("the broker refused the request: {0}")]
+    BrokerRejected(String),
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(error: BrokerError) -> Self {
+        match error {
+            BrokerError::Unavailable(reason) => Self::NotReady(reason),
+            BrokerError::Rejected(reason) => Self::BrokerRejected(reason),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Auth(error) => error.code(),
+            Self::Forbidden(PolicyError::OrgNotInToken(_)) => "org_forbidden",
+            Self::Forbidden(_) => "role_forbidden",
+            Self::BadRequest { code, .. } | Self::TooLarge { code, .. } => code,
+            Self::NotReady(_) => "not_ready",
+            Self::Draining => "draining",
+            Self::ServerFull => "server_full",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::BrokerRejected(_) => "invalid_envelope",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Auth(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::BadRequest { .. } | Self::BrokerRejected(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotReady(_) | Self::Draining | Self::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            Self::Auth(_) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            Self::NotReady(_) | Self::Draining | Self::ServerFull => {
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
+            }
+            _ => {}
+        }
+        response.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    fn body_of(error: ApiError) -> (StatusCode, serde_json::Value, HttpResponse) {
+        let response = error.error_response();
+        let status = response.status();
+        let bytes = response
+            .map_body(|_, body| body)
+            .into_body()
+            .try_into_bytes()
+            .unwrap_or_default();
+        let value = serde_json::from_slice(&bytes).expect("json body");
+        (status, value, error.error_response())
+    }
+
+    #[test]
+    fn auth_errors_are_401_with_a_bearer_challenge() {
+        let (status, body, response) = body_of(ApiError::Auth(AuthError::Expired));
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"]["code"], "token_expired");
+        assert_eq!(
+            response
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .map(|v| v.as_bytes()),
+            Some(&b"Bearer"[..])
+        );
+    }
+
+    #[test]
+    fn unavailable_broker_is_503_with_retry_after() {
+        let (status, body, response) = body_of(BrokerError::Unavailable("down".into()).into());
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "not_ready");
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn publishing_to_a_foreign_org_is_403_org_forbidden() {
+        let (status, body, _) = body_of(PolicyError::OrgNotInToken("o2".into()).into());
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"]["code"], "org_forbidden");
+    }
+}

@@ -1,0 +1,496 @@
+//! The local fan-out: which connection of this replica listens to which org, and a bounded queue
+//! per connection into which each event's shared frame is pushed. Never awaits a client: a full
+//! queue closes that connection. No IO.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
+
+use crate::event::{Event, EventId, OrgId, Priority};
+use crate::metrics::METRICS;
+use crate::policy::Viewer;
+
+pub type ConnectionId = u64;
+
+/// Queue capacity a connection keeps between bursts.
+const SMALL_QUEUE: usize = 8;
+
+/// All local connections, by org and by id.
+pub struct Hub {
+    /// Org -> its local subscribers. Read-locked once per event by the dispatcher; write-locked
+    /// only when a connection opens or closes.
+    orgs: RwLock<HashMap<OrgId, Vec<Arc<Subscriber>>>>,
+    /// Every local subscriber, for keepalives, expiry and drain.
+    connections: Mutex<HashMap<ConnectionId, Arc<Subscriber>>>,
+    /// Capacity of each connection's queue. A client that falls this far behind is
+    /// disconnected rather than awaited, so one slow client never delays the others;
+    /// it resumes from history with Last-Event-ID.
+    queue_capacity: usize,
+    next_id: AtomicU64,
+}
+
+/// One open stream as the hub sees it.
+pub struct Subscriber {
+    pub id: ConnectionId,
+    pub role: Box<str>,
+    viewer: Viewer,
+    /// When the token expires (seconds since the epoch); the stream then ends with `auth.expired`.
+    expires_at: u64,
+    slot: Mutex<Slot>,
+}
+
+/// A connection's pending output. Emptied queues give their memory back, so an idle
+/// connection holds no buffer.
+#[derive(Default)]
+struct Slot {
+    normal: VecDeque<Arc<Event>>,
+    /// High-priority events, sent before `normal`. The flag says the event overtook queued
+    /// durable events and must go out without its `id:` line.
+    high: VecDeque<(Arc<Event>, bool)>,
+    /// A keepalive waiting to be sent.
+    keepalive: Option<Bytes>,
+    closing: Option<Closing>,
+    waker: Option<Waker>,
+    /// Last time (seconds since the epoch) something was queued, for keepalives.
+    last_activity: u64,
+}
+
+enum Closing {
+    /// Fell behind: send nothing more.
+    Slow,
+    /// Send what is queued, then this frame, then end.
+    After(Bytes),
+}
+
+/// What a connection's stream gets when it asks for output.
+pub enum Output {
+    /// Frames to write, as one chunk, and how many events they hold.
+    Frames {
+        bytes: Bytes,
+        events: u64,
+        oldest: Option<std::time::Instant>,
+    },
+    /// Nothing now; the waker is called when there is.
+    Pending,
+    /// The stream is over.
+    Ended,
+}
+
+impl Hub {
+    pub fn new(queue_capacity: usize) -> Self {
+        Self {
+            orgs: RwLock::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+            queue_capacity,
+            next_id: AtomicU64::new(rand::random::<u32>() as u64),
+        }
+    }
+
+    /// Adds a subscriber for every org of `viewer`. From now on it queues the events it may see.
+    pub fn register(&self, viewer: Viewer, role: &str, expires_at: u64, now: u64) -> Arc<Subscriber> {
+        let subscriber = Arc::new(Subscriber {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            role: role.into(),
+            viewer,
+            expires_at,
+            slot: Mutex::new(Slot {
+                last_activity: now,
+                ..Slot::default()
+            }),
+        });
+        {
+            let mut orgs = self.orgs.write();
+            for org in subscriber.viewer.orgs() {
+                orgs.entry(org.clone()).or_default().push(subscriber.clone());
+            }
+        }
+        self.connections.lock().insert(subscriber.id, subscriber.clone());
+        METRICS.connection_opened(role);
+        subscriber
+    }
+
+    /// Removes a subscriber (its stream ended or the client went away).
+    pub fn unregister(&self, subscriber: &Subscriber) {
+        if self.connections.lock().remove(&subscriber.id).is_none() {
+            return;
+        }
+        let mut orgs = self.orgs.write();
+        for org in subscriber.viewer.orgs() {
+            if let Some(list) = orgs.get_mut(org) {
+                if let Some(position) = list.iter().position(|s| s.id == subscriber.id) {
+                    list.swap_remove(position);
+                }
+                if list.is_empty() {
+                    orgs.remove(org);
+                }
+            }
+        }
+        METRICS.connection_closed(&subscriber.role);
+    }
+
+    /// Queues `event` for every local subscriber of its org that may see it. Returns how many.
+    pub fn publish(&self, event: &Arc<Event>) -> usize {
+        let orgs = self.orgs.read();
+        let Some(subscribers) = orgs.get(&event.org) else {
+            return 0;
+        };
+        let mut recipients = 0;
+        for subscriber in subscribers {
+            if subscriber.viewer.may_see(event) {
+                subscriber.push(event, self.queue_capacity);
+                recipients += 1;
+            }
+        }
+        recipients
+    }
+
+    /// Whether an org has local subscribers.
+    pub fn has_subscribers(&self, org: &OrgId) -> bool {
+        self.orgs.read().contains_key(org)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.lock().len()
+    }
+
+    fn subscribers(&self) -> Vec<Arc<Subscriber>> {
+        self.connections.lock().values().cloned().collect()
+    }
+
+    /// Once a second: ends streams whose token expired (with `expired_frame`) and queues
+    /// `keepalive_frame` on streams idle for `keepalive_secs`.
+    pub fn tick(&self, now: u64, keepalive_secs: u64, keepalive_frame: &Bytes, expired_frame: &Bytes) {
+        for subscriber in self.subscribers() {
+            let waker = {
+                let mut slot = subscriber.slot.lock();
+                if slot.closing.is_some() {
+                    continue;
+                }
+                if subscriber.expires_at <= now {
+                    slot.closing = Some(Closing::After(expired_frame.clone()));
+                } else if now.saturating_sub(slot.last_activity) >= keepalive_secs {
+                    slot.keepalive = Some(keepalive_frame.clone());
+                    slot.last_activity = now;
+                } else {
+                    continue;
+                }
+                slot.waker.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Ends every stream after sending it the frame `final_frame` makes for it (drain).
+    pub fn close_all(&self, mut final_frame: impl FnMut() -> Bytes) {
+        for subscriber in self.subscribers() {
+            subscriber.close(Closing::After(final_frame()));
+        }
+    }
+}
+
+impl Subscriber {
+    /// Whether this connection may see `event` (replayed events pass the same check as live).
+    pub fn may_see(&self, event: &Event) -> bool {
+        self.viewer.may_see(event)
+    }
+
+    fn push(&self, event: &Arc<Event>, capacity: usize) {
+        let waker = {
+            let mut slot = self.slot.lock();
+            if slot.closing.is_some() {
+                return;
+            }
+            if slot.normal.len() + slot.high.len() >= capacity {
+                slot.closing = Some(Closing::Slow);
+                slot.normal = VecDeque::new();
+                slot.high = VecDeque::new();
+                METRICS.slow_consumer_disconnected();
+            } else if event.priority == Priority::High {
+                let overtakes_durable = slot.normal.iter().any(|queued| queued.id.is_some());
+                slot.high.push_back((event.clone(), overtakes_durable));
+            } else {
+                slot.normal.push_back(event.clone());
+            }
+            slot.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn close(&self, closing: Closing) {
+        let waker = {
+            let mut slot = self.slot.lock();
+            if slot.closing.is_some() {
+                return;
+            }
+            slot.closing = Some(closing);
+            slot.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Takes everything queued as one chunk. Durable events at or below `skip_through` were
+    /// already sent by the replay and are skipped.
+    pub fn take(&self, waker: &Waker, skip_through: Option<EventId>, now: u64) -> Output {
+        let mut slot = self.slot.lock();
+        if matches!(slot.closing, Some(Closing::Slow)) {
+            return Output::Ended;
+        }
+        let already_sent =
+            |event: &Event| matches!((event.id, skip_through), (Some(id), Some(mark)) if id <= mark);
+        let mut frames: Vec<Bytes> = Vec::new();
+        let mut events = 0;
+        let mut oldest = None;
+        if let Some(keepalive) = slot.keepalive.take() {
+            frames.push(keepalive);
+        }
+        for (event, overtook_durable) in slot.high.drain(..) {
+            if already_sent(&event) {
+                continue;
+            }
+            oldest = oldest.or(Some(event.received_at));
+            frames.push(if overtook_durable {
+                event.frame_without_id()
+            } else {
+                event.frame().clone()
+            });
+            events += 1;
+        }
+        for event in slot.normal.drain(..) {
+            if already_sent(&event) {
+                continue;
+            }
+            oldest = oldest.or(Some(event.received_at));
+            frames.push(event.frame().clone());
+            events += 1;
+        }
+        // Give a burst's queue memory back, so an idle connection holds (almost) no buffer;
+        // small queues are kept to spare an allocation per event.
+        if slot.normal.capacity() > SMALL_QUEUE {
+            slot.normal = VecDeque::new();
+        }
+        if slot.high.capacity() > SMALL_QUEUE {
+            slot.high = VecDeque::new();
+        }
+        let ended = match slot.closing.take() {
+            Some(Closing::After(last)) => {
+                frames.push(last);
+                slot.closing = Some(Closing::Slow);
+                true
+            }
+            other => {
+                slot.closing = other;
+                false
+            }
+        };
+        if frames.is_empty() {
+            if ended {
+                return Output::Ended;
+            }
+            slot.waker = Some(waker.clone());
+            return Output::Pending;
+        }
+        slot.last_activity = now;
+        drop(slot);
+        Output::Frames {
+            bytes: concat(frames),
+            events,
+            oldest,
+        }
+    }
+}
+
+/// One chunk from several frames: one write instead of many.
+fn concat(mut frames: Vec<Bytes>) -> Bytes {
+    if frames.len() == 1 {
+        return frames.pop().unwrap_or_default();
+    }
+    let mut chunk = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+    for frame in frames {
+        chunk.extend_from_slice(&frame);
+    }
+    chunk.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Claims;
+    use crate::event::Envelope;
+    use crate::policy::Policy;
+    use crate::settings::Settings;
+    use std::task::{Wake, Waker};
+
+    struct CountingWaker(AtomicU64);
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn viewer(role: &str, orgs: &[&str]) -> Viewer {
+        let settings = Settings::load_from(None, Some(HashMap::new())).expect("defaults load");
+        let claims = Claims {
+            sub: "u1".into(),
+            role: role.into(),
+            orgs: orgs.iter().map(|o| OrgId::parse(o).expect("valid")).collect(),
+            tenant_id: None,
+            contractor_id: None,
+            exp: u64::MAX,
+        };
+        Policy::new(settings.policy.roles)
+            .viewer(&claims, None)
+            .expect("may subscribe")
+    }
+
+    fn event(org: &str, id: Option<u64>, priority: &str, n: u32) -> Arc<Event> {
+        let raw = format!(r#"{{"type":"a.b","priority":"{priority}","data":{{"n":{n}}}}}"#);
+        let envelope = Envelope::parse(raw.as_bytes(), 65536).expect("valid");
+        let id = id.map(|seq| EventId { millis: 1, seq });
+        Arc::new(Event::new(OrgId::parse(org).expect("valid"), id, envelope))
+    }
+
+    fn text(output: Output) -> String {
+        match output {
+            Output::Frames { bytes, .. } => String::from_utf8(bytes.to_vec()).expect("utf-8"),
+            Output::Pending => "<pending>".into(),
+            Output::Ended => "<ended>".into(),
+        }
+    }
+
+    fn noop_waker() -> (Waker, Arc<CountingWaker>) {
+        let counter = Arc::new(CountingWaker(AtomicU64::new(0)));
+        (Waker::from(counter.clone()), counter)
+    }
+
+    #[test]
+    fn queued_events_leave_as_one_chunk_in_order() {
+        let hub = Hub::new(8);
+        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        hub.publish(&event("o1", None, "normal", 1));
+        hub.publish(&event("o1", None, "normal", 2));
+        let (waker, _) = noop_waker();
+        assert_eq!(
+            text(subscriber.take(&waker, None, 0)),
+            "event: a.b\ndata: {\"n\":1}\n\nevent: a.b\ndata: {\"n\":2}\n\n"
+        );
+        assert_eq!(text(subscriber.take(&waker, None, 0)), "<pending>");
+    }
+
+    #[test]
+    fn events_of_other_orgs_never_reach_a_subscriber() {
+        let hub = Hub::new(8);
+        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        assert_eq!(hub.publish(&event("o2", None, "normal", 1)), 0);
+        let (waker, _) = noop_waker();
+        assert_eq!(text(subscriber.take(&waker, None, 0)), "<pending>");
+    }
+
+    #[test]
+    fn a_full_queue_ends_the_stream_without_sending_more() {
+        let hub = Hub::new(2);
+        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        for n in 0..3 {
+            hub.publish(&event("o1", None, "normal", n));
+        }
+        let (waker, _) = noop_waker();
+        assert_eq!(text(subscriber.take(&waker, None, 0)), "<ended>");
+    }
+
+    #[test]
+    fn a_publish_wakes_a_waiting_stream() {
+        let hub = Hub::new(8);
+        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let (waker, counter) = noop_waker();
+        assert_eq!(text(subscriber.take(&waker, None, 0)), "<pending>");
+        hub.publish(&event("o1", None, "normal", 1));
+        assert_eq!(counter.0.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn high_priority_overtakes_queued_durable_events_without_its_id() {
+        let hub = Hub::new(8);
+        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        hub.publish(&event("o1", Some(1), "normal", 1));
+        hub.publish(&event("o1", Some(2), "high", 2));
+        let (waker, _) = noop_waker();
+        assert_eq!(
+            text(subscriber.take(&waker, None, 0)),
+            "event: a.b\ndata: {\"n\":2}\n\nid: 1-1\nevent: a.b\ndata: {\"n\":1}\n\n"
+        );
+    }
+
+    #[test]
+    fn high_priority_with_nothing_to_overtake_keeps_its_id() {
+        let hub = Hub::new(8);
+        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        hub.publish(&event("o1", Some(2), "high", 2));
+        let (waker, _) = noop_waker();
+        assert_eq!(
+            text(subscriber.take(&waker, None, 0)),
+            "id: 1-2\nevent: a.b\ndata: {\"n\":2}\n\n"
+        );
+    }
+
+    #[test]
+    fn events_already_replayed_are_skipped() {
+        let hub = Hub::new(8);
+        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        hub.publish(&event("o1", Some(1), "normal", 1));
+        hub.publish(&event("o1", Some(2), "normal", 2));
+        let (waker, _) = noop_waker();
+        let mark = Some(EventId { millis: 1, seq: 1 });
+        assert_eq!(
+            text(subscriber.take(&waker, mark, 0)),
+            "id: 1-2\nevent: a.b\ndata: {\"n\":2}\n\n"
+        );
+    }
+
+    #[test]
+    fn expiry_sends_the_final_frame_then_ends() {
+        let hub = Hub::new(8);
+        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", 100, 0);
+        let keepalive = Bytes::from_static(b"ka\n\n");
+        let expired = Bytes::from_static(b"expired\n\n");
+        hub.tick(99, 1000, &keepalive, &expired);
+        let (waker, _) = noop_waker();
+        assert_eq!(text(subscriber.take(&waker, None, 99)), "<pending>");
+        hub.tick(100, 1000, &keepalive, &expired);
+        assert_eq!(text(subscriber.take(&waker, None, 100)), "expired\n\n");
+        assert_eq!(text(subscriber.take(&waker, None, 100)), "<ended>");
+    }
+
+    #[test]
+    fn keepalive_goes_only_to_idle_streams() {
+        let hub = Hub::new(8);
+        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let keepalive = Bytes::from_static(b"ka\n\n");
+        let expired = Bytes::from_static(b"expired\n\n");
+        let (waker, _) = noop_waker();
+        hub.publish(&event("o1", None, "normal", 1));
+        let _ = subscriber.take(&waker, None, 10);
+        hub.tick(14, 5, &keepalive, &expired);
+        assert_eq!(text(subscriber.take(&waker, None, 14)), "<pending>");
+        hub.tick(15, 5, &keepalive, &expired);
+        assert_eq!(text(subscriber.take(&waker, None, 15)), "ka\n\n");
+    }
+
+    #[test]
+    fn unregistered_subscribers_get_nothing() {
+        let hub = Hub::new(8);
+        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        hub.unregister(&subscriber);
+        assert!(!hub.has_subscribers(&OrgId::parse("o1").expect("valid")));
+        assert_eq!(hub.publish(&event("o1", None, "normal", 1)), 0);
+        assert_eq!(hub.connection_count(), 0);
+    }
+}

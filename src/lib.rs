@@ -1,0 +1,22 @@
+//! event-gateway: a real-time event gateway. Backends publish JSON events to Redis (or over
+//! HTTP); each replica subscribes to the org channels its clients need, authenticates
+//! Server-Sent-Events clients with JWT, filters every event by role and tenancy, and streams
+//! the matching ones, with durable history for resume.
+//!
+//! Reading order: `settings` and `telemetry` (start-up), `event` (the boundary), `auth` and
+//! `policy` (who sees what), `broker` (Redis or embedded: where events come from), `hub` (local
+//! fan-out), `sse` (one stream), `routes` and `error` (the HTTP edge), `startup` (wiring).
+
+pub mod auth;
+pub mod broker;
+pub mod error;
+pub mod event;
+pub mod hub;
+pub mod metrics;
+pub mod policy;
+pub mod routes;
+pub mod settings;
+pub mod shutdown;
+pub mod sse;
+pub mod startup;
+pub mod telemetry;

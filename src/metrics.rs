@@ -1,0 +1,296 @@
+//! Every metric, defined once, and its Prometheus text rendering. Counters are plain atomics so
+//! that the hot path pays one relaxed add; label sets are small and fixed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::auth::AuthError;
+
+pub const CONNECTIONS: &str = "gateway_connections";
+pub const CONNECTIONS_OPENED: &str = "gateway_connections_opened_total";
+pub const EVENTS_RECEIVED: &str = "gateway_events_received_total";
+pub const EVENTS_DELIVERED: &str = "gateway_events_delivered_total";
+pub const EVENTS_DROPPED: &str = "gateway_events_dropped_total";
+pub const EVENTS_PUBLISHED: &str = "gateway_events_published_total";
+pub const SLOW_CONSUMER_DISCONNECTS: &str = "gateway_slow_consumer_disconnects_total";
+pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
+pub const REDIS_RECONNECTS: &str = "gateway_redis_reconnects_total";
+pub const FANOUT_SECONDS: &str = "gateway_fanout_seconds";
+
+/// Reasons an envelope is dropped (`EnvelopeError::reason`), exported at zero from start-up.
+pub const DROP_REASONS: [&str; 10] = [
+    "too_large",
+    "invalid_json",
+    "missing_type",
+    "invalid_type",
+    "missing_data",
+    "invalid_data",
+    "invalid_org",
+    "org_mismatch",
+    "invalid_priority",
+    "invalid_id",
+];
+
+/// Where a received event came from: a plain PUBLISH, or the durable publish path.
+#[derive(Clone, Copy)]
+pub enum Source {
+    Live,
+    Durable,
+}
+
+/// Upper bounds of the fan-out latency histogram, in seconds.
+const FANOUT_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+pub struct Metrics {
+    connections: Mutex<BTreeMap<Box<str>, i64>>,
+    connections_opened: AtomicU64,
+    received_live: AtomicU64,
+    received_durable: AtomicU64,
+    delivered: AtomicU64,
+    published: AtomicU64,
+    dropped: Mutex<BTreeMap<&'static str, u64>>,
+    slow_consumer_disconnects: AtomicU64,
+    auth_failures: Mutex<BTreeMap<&'static str, u64>>,
+    redis_reconnects: AtomicU64,
+    fanout_buckets: [AtomicU64; FANOUT_BUCKETS.len()],
+    fanout_count: AtomicU64,
+    fanout_sum_nanos: AtomicU64,
+    /// Connections of this replica, all roles together (for limits).
+    open: AtomicI64,
+}
+
+pub static METRICS: Metrics = Metrics {
+    connections: Mutex::new(BTreeMap::new()),
+    connections_opened: AtomicU64::new(0),
+    received_live: AtomicU64::new(0),
+    received_durable: AtomicU64::new(0),
+    delivered: AtomicU64::new(0),
+    published: AtomicU64::new(0),
+    dropped: Mutex::new(BTreeMap::new()),
+    slow_consumer_disconnects: AtomicU64::new(0),
+    auth_failures: Mutex::new(BTreeMap::new()),
+    redis_reconnects: AtomicU64::new(0),
+    fanout_buckets: [const { AtomicU64::new(0) }; FANOUT_BUCKETS.len()],
+    fanout_count: AtomicU64::new(0),
+    fanout_sum_nanos: AtomicU64::new(0),
+    open: AtomicI64::new(0),
+};
+
+impl Metrics {
+    /// Exports every labelled series at zero, so dashboards and alerts see them from start-up.
+    pub fn init(&self, roles: impl IntoIterator<Item = String>) {
+        let mut connections = self.connections.lock();
+        for role in roles {
+            connections.entry(role.into_boxed_str()).or_insert(0);
+        }
+        let mut dropped = self.dropped.lock();
+        for reason in DROP_REASONS {
+            dropped.entry(reason).or_insert(0);
+        }
+        let mut failures = self.auth_failures.lock();
+        for reason in AuthError::ALL_CODES {
+            failures.entry(reason).or_insert(0);
+        }
+    }
+
+    pub fn connection_opened(&self, role: &str) {
+        self.connections_opened.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        *self.connections.lock().entry(role.into()).or_insert(0) += 1;
+    }
+
+    pub fn connection_closed(&self, role: &str) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        *self.connections.lock().entry(role.into()).or_insert(0) -= 1;
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    pub fn event_received(&self, source: Source) {
+        match source {
+            Source::Live => &self.received_live,
+            Source::Durable => &self.received_durable,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn events_published(&self, count: usize) {
+        self.published.fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    pub fn events_delivered(&self, count: u64) {
+        self.delivered.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub fn event_dropped(&self, reason: &'static str) {
+        *self.dropped.lock().entry(reason).or_insert(0) += 1;
+    }
+
+    pub fn slow_consumer_disconnected(&self) {
+        self.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn auth_failed(&self, reason: &'static str) {
+        *self.auth_failures.lock().entry(reason).or_insert(0) += 1;
+    }
+
+    pub fn redis_reconnected(&self) {
+        self.redis_reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn observe_fanout(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(bucket) = FANOUT_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.fanout_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.fanout_count.fetch_add(1, Ordering::Relaxed);
+        self.fanout_sum_nanos
+            .fetch_add(elapsed.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+
+        header(
+            &mut out,
+            CONNECTIONS,
+            "gauge",
+            "Open event streams on this replica, by role.",
+        );
+        for (role, count) in self.connections.lock().iter() {
+            let _ = writeln!(out, "{CONNECTIONS}{{role=\"{}\"}} {count}", escape(role));
+        }
+        counter(
+            &mut out,
+            CONNECTIONS_OPENED,
+            "Event streams opened.",
+            load(&self.connections_opened),
+        );
+
+        header(
+            &mut out,
+            EVENTS_RECEIVED,
+            "counter",
+            "Events received from the broker, by source.",
+        );
+        let _ = writeln!(
+            out,
+            "{EVENTS_RECEIVED}{{source=\"live\"}} {}",
+            load(&self.received_live)
+        );
+        let _ = writeln!(
+            out,
+            "{EVENTS_RECEIVED}{{source=\"durable\"}} {}",
+            load(&self.received_durable)
+        );
+        counter(
+            &mut out,
+            EVENTS_PUBLISHED,
+            "Events accepted by POST /api/publish.",
+            load(&self.published),
+        );
+        counter(
+            &mut out,
+            EVENTS_DELIVERED,
+            "Events written to client streams.",
+            load(&self.delivered),
+        );
+
+        header(
+            &mut out,
+            EVENTS_DROPPED,
+            "counter",
+            "Malformed events dropped, by reason.",
+        );
+        for (reason, count) in self.dropped.lock().iter() {
+            let _ = writeln!(out, "{EVENTS_DROPPED}{{reason=\"{reason}\"}} {count}");
+        }
+        counter(
+            &mut out,
+            SLOW_CONSUMER_DISCONNECTS,
+            "Streams closed because their queue was full.",
+            load(&self.slow_consumer_disconnects),
+        );
+        header(&mut out, AUTH_FAILURES, "counter", "Rejected tokens, by reason.");
+        for (reason, count) in self.auth_failures.lock().iter() {
+            let _ = writeln!(out, "{AUTH_FAILURES}{{reason=\"{reason}\"}} {count}");
+        }
+        counter(
+            &mut out,
+            REDIS_RECONNECTS,
+            "Reconnections to Redis after a lost connection.",
+            load(&self.redis_reconnects),
+        );
+
+        header(
+            &mut out,
+            FANOUT_SECONDS,
+            "histogram",
+            "Time from broker receipt to the socket write.",
+        );
+        let mut cumulative = 0;
+        for (bound, bucket) in FANOUT_BUCKETS.iter().zip(&self.fanout_buckets) {
+            cumulative += load(bucket);
+            let _ = writeln!(out, "{FANOUT_SECONDS}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = load(&self.fanout_count);
+        let _ = writeln!(out, "{FANOUT_SECONDS}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{FANOUT_SECONDS}_sum {}",
+            load(&self.fanout_sum_nanos) as f64 / 1e9
+        );
+        let _ = writeln!(out, "{FANOUT_SECONDS}_count {count}");
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_metric_is_rendered_from_start_up() {
+        METRICS.init(["ops".to_string()]);
+        let text = METRICS.render();
+        for name in [
+            "gateway_connections{role=\"ops\"}",
+            "gateway_connections_opened_total ",
+            "gateway_events_received_total{source=\"live\"}",
+            "gateway_events_delivered_total ",
+            "gateway_events_dropped_total{reason=\"invalid_json\"}",
+            "gateway_slow_consumer_disconnects_total ",
+            "gateway_auth_failures_total{reason=\"token_expired\"}",
+            "gateway_redis_reconnects_total ",
+            "gateway_fanout_seconds_bucket{le=\"+Inf\"}",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! `GET /api/events` (the stream) and `POST /api/events/ack` (the user's resume cursor).
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use super::{read_body, AppState};
+use crate::auth::unix_now;
+use crate::broker::{Replay, ReplayFrom};
+use crate::error::ApiError;
+use crate::event::EventId;
+use crate::metrics::METRICS;
+use crate::policy::TypeFilter;
+use crate::sse::{opening_frames, ConnectedInfo, EventStream};
+
+/// Largest accepted acknowledgement body.
+const ACK_BODY_LIMIT: usize = 4096;
+
+/// `since=`: a time, or the user's acknowledged cursor.
+#[derive(Debug, PartialEq, Eq)]
+enum Since {
+    Millis(u64),
+    Ack,
+}
+
+/// The query parameters of `GET /api/events`; unknown ones are ignored (clients add cache
+/// busters).
+#[derive(Debug, Default)]
+struct EventsQuery {
+    types: Option<TypeFilter>,
+    since: Option<Since>,
+    last_event_id: Option<EventId>,
+}
+
+fn parse_since(raw: &str) -> Result<Since, ApiError> {
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_since",
+            format!("since must be an RFC 3339 time, epoch milliseconds or \"ack\", not {raw:?}"),
+        )
+    };
+    if raw == "ack" {
+        return Ok(Since::Ack);
+    }
+    if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        return raw.parse().map(Since::Millis).map_err(|_| invalid());
+    }
+    let time = time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| invalid())?;
+    u64::try_from(time.unix_timestamp_nanos() / 1_000_000)
+        .map(Since::Millis)
+        .map_err(|_| invalid())
+}
+
+fn parse_event_id(raw: &str) -> Result<EventId, ApiError> {
+    raw.trim().parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_last_event_id",
+            format!("{raw:?} is not an event id of this gateway"),
+        )
+    })
+}
+
+impl EventsQuery {
+    fn parse(query: &str) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|e| ApiError::bad_request("invalid_query", format!("unreadable query string: {e}")))?;
+        let mut parsed = Self::default();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "types" => {
+                    parsed.types = Some(
+                        TypeFilter::parse(&value)
+                            .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?,
+                    );
+                }
+                "since" if !value.is_empty() => parsed.since = Some(parse_since(&value)?),
+                "lastEventId" if !value.is_empty() => parsed.last_event_id = Some(parse_event_id(&value)?),
+                _ => {}
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// Where the stream's replay starts: `Last-Event-ID` header, then `lastEventId`, then `since`.
+async fn replay_start(
+    request: &HttpRequest,
+    query: &EventsQuery,
+    state: &AppState,
+    user: &str,
+) -> Result<Option<ReplayFrom>, ApiError> {
+    let header_id = match request.headers().get("last-event-id") {
+        Some(value) => {
+            let raw = value.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_last_event_id", "Last-Event-ID is not readable text")
+            })?;
+            if raw.trim().is_empty() {
+                None
+            } else {
+                Some(parse_event_id(raw)?)
+            }
+        }
+        None => None,
+    };
+    if let Some(id) = header_id.or(query.last_event_id) {
+        return Ok(Some(ReplayFrom::After(id)));
+    }
+    Ok(match query.since {
+        Some(Since::Millis(millis)) => Some(ReplayFrom::Since(millis)),
+        Some(Since::Ack) => state.broker.load_ack(user).await?.map(ReplayFrom::After),
+        None => None,
+    })
+}
+
+pub async fn stream(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.shutdown.is_draining() {
+        return Err(ApiError::Draining);
+    }
+    let claims = state.authenticate(&request)?;
+    let query = EventsQuery::parse(request.query_string())?;
+    let viewer = state.policy.viewer(&claims, query.types.clone())?;
+    let from = replay_start(&request, &query, &state, &claims.sub).await?;
+    if METRICS.open_connections() >= state.settings.limits.max_connections {
+        return Err(ApiError::ServerFull);
+    }
+    if !state.broker.is_ready() {
+        return Err(ApiError::NotReady("Redis is unreachable".into()));
+    }
+
+    // Register first, then subscribe: whatever reaches this replica from the moment Redis
+    // confirms the subscription is already queued for this connection.
+    let subscriber = state.hub.register(viewer, &claims.role, claims.exp, unix_now());
+    let opened = async {
+        let lease = state.broker.subscribe(&claims.orgs).await?;
+        let replay = match from {
+            Some(from) => state.broker.replay(&claims.orgs, from).await?,
+            None => Replay::default(),
+        };
+        Ok::<_, ApiError>((lease, replay))
+    }
+    .await;
+    let (lease, replay) = match opened {
+        Ok(opened) => opened,
+        Err(error) => {
+            state.hub.unregister(&subscriber);
+            return Err(error);
+        }
+    };
+    let replayed_through = match from {
+        Some(ReplayFrom::After(after)) => replay.high_water.max(Some(after)),
+        _ => replay.high_water,
+    };
+    let settings = &state.settings;
+    let connected = ConnectedInfo {
+        connection_id: format!("{:016x}", subscriber.id),
+        user_id: &claims.sub,
+        role: &claims.role,
+        orgs: claims.orgs.iter().map(|org| org.as_str()).collect(),
+        replica: &settings.server.replica_name,
+        keepalive_secs: settings.sse.keepalive_secs,
+    };
+    let opening = opening_frames(settings.sse.retry_ms, &connected, &replay, &subscriber);
+    tracing::info!(
+        conn = %connected.connection_id,
+        user = %claims.sub,
+        role = %claims.role,
+        orgs = claims.orgs.len(),
+        replayed = replay.events.len(),
+        "Stream opened."
+    );
+    let body = EventStream::new(opening, subscriber, state.hub.clone(), replayed_through, lease);
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .insert_header((header::CONTENT_ENCODING, "identity"))
+        .streaming(body))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AckBody {
+    last_event_id: String,
+}
+
+pub async fn acknowledge(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = state.authenticate(&request)?;
+    let body = read_body(payload, ACK_BODY_LIMIT).await?;
+    state.policy.viewer(&claims, None)?;
+    let ack: AckBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_body",
+            format!("expected {{\"lastEventId\":\"<id>\"}}: {e}"),
+        )
+    })?;
+    let id = parse_event_id(&ack.last_event_id)?;
+    state.broker.save_ack(&claims.sub, id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_rfc3339_epoch_millis_and_ack() {
+        assert_eq!(parse_since("ack").ok(), Some(Since::Ack));
+        assert_eq!(
+            parse_since("1700000000123").ok(),
+            Some(Since::Millis(1_700_000_000_123))
+        );
+        assert_eq!(
+            parse_since("2025-11-07T09:00:00Z").ok(),
+            Some(Since::Millis(1_762_506_000_000))
+        );
+        assert_eq!(
+            parse_since("2025-11-07T10:00:00+01:00").ok(),
+            Some(Since::Millis(1_762_506_000_000))
+        );
+        for bad in ["yesterday", "2025-11-07", "-5", "1.5"] {
+            assert_eq!(
+                parse_since(bad).err().map(|e| e.code()),
+                Some("invalid_since"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_parsing_rejects_bad_values_with_their_code() {
+        assert_eq!(
+            EventsQuery::parse("lastEventId=abc").err().map(|e| e.code()),
+            Some("invalid_last_event_id")
+        );
+        assert_eq!(
+            EventsQuery::parse("types=Bad%20Type").err().map(|e| e.code()),
+            Some("invalid_query")
+        );
+        let parsed = EventsQuery::parse("types=ticket.*&lastEventId=5-1&_=123").expect("valid query");
+        assert_eq!(parsed.last_event_id, Some(EventId { millis: 5, seq: 1 }));
+        assert!(parsed.types.is_some());
+    }
+}

@@ -1,0 +1,180 @@
+//! The HTTP surface: the whole route table on one screen, the shared state handlers see, and the
+//! middleware every response passes through (CORS, access log).
+
+mod events;
+mod health;
+mod publish;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, Method};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::auth::{extract_token, redact_query, Claims, JwtVerifier};
+use crate::broker::Broker;
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::metrics::METRICS;
+use crate::policy::Policy;
+use crate::settings::Settings;
+use crate::shutdown::Shutdown;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub verifier: JwtVerifier,
+    pub policy: Policy,
+    pub hub: Arc<Hub>,
+    pub broker: Broker,
+    pub shutdown: Shutdown,
+}
+
+impl AppState {
+    /// Finds and verifies the request's token, counting failures by reason.
+    pub fn authenticate(&self, request: &HttpRequest) -> Result<Claims, ApiError> {
+        extract_token(request, &self.settings.auth.cookie_name)
+            .and_then(|token| self.verifier.verify(&token))
+            .map_err(|error| {
+                METRICS.auth_failed(error.code());
+                tracing::debug!(reason = error.code(), "Rejected a token.");
+                ApiError::Auth(error)
+            })
+    }
+}
+
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .service(
+            web::resource("/api/events")
+                .get(events::stream)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/events/ack")
+                .post(events::acknowledge)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/publish")
+                .post(publish::publish)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/healthz")
+                .get(health::healthz)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/readyz")
+                .get(health::readyz)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/metrics")
+                .get(health::metrics)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .default_service(web::to(not_found));
+}
+
+/// Reads a request body of at most `limit` bytes.
+pub async fn read_body(payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    match payload.to_bytes_limited(limit).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(error)) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("the body could not be read: {error}"),
+        )),
+        Err(_) => Err(ApiError::TooLarge {
+            code: "payload_too_large",
+            message: format!("the body is over the limit of {limit} bytes"),
+        }),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+impl actix_web::Responder for ApiError {
+    type Body = actix_web::body::BoxBody;
+
+    fn respond_to(self, _request: &HttpRequest) -> HttpResponse {
+        actix_web::ResponseError::error_response(&self)
+    }
+}
+
+/// CORS for the configured origins, with credentials; never `*`. Preflights are answered here.
+pub async fn cors(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let allowed_origin = request.headers().get(header::ORIGIN).cloned().filter(|origin| {
+        request.app_data::<web::Data<AppState>>().is_some_and(|state| {
+            state
+                .settings
+                .cors
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed.as_bytes() == origin.as_bytes())
+        })
+    });
+    let is_preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if is_preflight {
+        let mut preflight = HttpResponse::NoContent();
+        if allowed_origin.is_some() {
+            preflight
+                .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"))
+                .insert_header((
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    "Authorization, Content-Type, Last-Event-ID, Cache-Control",
+                ))
+                .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"));
+        }
+        request.into_response(preflight.finish()).map_into_boxed_body()
+    } else {
+        next.call(request).await?.map_into_boxed_body()
+    };
+    let headers = response.headers_mut();
+    headers.append(header::VARY, header::HeaderValue::from_static("Origin"));
+    if let Some(origin) = allowed_origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
+}
+
+/// One debug line per request, with query tokens redacted.
+pub async fn access_log(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.path().to_string();
+    let query = redact_query(request.query_string());
+    let response = next.call(request).await?;
+    tracing::debug!(
+        %method,
+        path,
+        query,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Handled a request."
+    );
+    Ok(response)
+}

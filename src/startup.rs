@@ -1,0 +1,228 @@
+//! Builds the application from settings: keys, policy, hub, broker, the HTTP server bound to its
+//! port, and the once-a-second housekeeping tick; then runs it until a signal drains it.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::auth::{unix_now, JwtVerifier, TokenMinter, TokenRequest};
+use crate::broker::{Broker, EmbeddedBroker, RedisBroker};
+use crate::hub::Hub;
+use crate::metrics::METRICS;
+use crate::policy::Policy;
+use crate::routes::{self, AppState};
+use crate::settings::Settings;
+use crate::shutdown::Shutdown;
+use crate::sse;
+
+/// Org used by the sample commands printed when no key is configured.
+const DEMO_ORG: &str = "demo-org";
+
+pub struct Application {
+    server: Server,
+    host: String,
+    port: u16,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        let configured_secret =
+            Some(settings.auth.jwt_secret.clone()).filter(|s| !s.expose_secret().is_empty());
+        let has_public_key = !settings.auth.public_key_pem.is_empty() || !settings.auth.jwks_path.is_empty();
+        let generated_secret = (configured_secret.is_none() && !has_public_key).then(random_secret);
+        let secret = configured_secret.or_else(|| generated_secret.clone());
+        let verifier = JwtVerifier::new(
+            &settings.auth,
+            secret.as_ref(),
+            settings.limits.max_orgs_per_token,
+        )?;
+        let policy = Policy::new(settings.policy.roles.clone());
+        METRICS.init(settings.policy.roles.keys().cloned());
+
+        let hub = Arc::new(Hub::new(settings.sse.queue_capacity));
+        let shutdown = Shutdown::new();
+        let broker = if settings.uses_embedded_broker() {
+            tracing::info!(
+                "No redis.url configured: using the embedded broker (single replica, in-memory history)."
+            );
+            Broker::Embedded(Arc::new(EmbeddedBroker::new(
+                hub.clone(),
+                settings.history.retention_secs,
+                settings.history.max_events_per_org,
+            )))
+        } else {
+            Broker::Redis(
+                RedisBroker::start(&settings, hub.clone(), shutdown.clone()).context("configuring Redis")?,
+            )
+        };
+
+        let address = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener =
+            TcpListener::bind(&address).with_context(|| format!("binding the listener on {address}"))?;
+        let port = listener.local_addr()?.port();
+        let workers = match settings.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            verifier,
+            policy,
+            hub: hub.clone(),
+            broker,
+            shutdown: shutdown.clone(),
+        });
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .wrap(from_fn(routes::cors))
+                .wrap(from_fn(routes::access_log))
+                .configure(routes::configure)
+        })
+        // A client that closes its side is gone: notice it at once, not at the next write.
+        .h1_allow_half_closed(false)
+        .workers(workers)
+        // The per-replica limit is enforced by the handler with a 503; accept enough sockets
+        // to answer it.
+        .max_connections(settings.limits.max_connections / workers + 1024)
+        .backlog(4096)
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        .listen(listener)?
+        .run();
+
+        tokio::spawn(housekeeping(hub, settings.sse.keepalive_secs, shutdown));
+        let host = match settings.server.host.as_str() {
+            "0.0.0.0" | "::" => "127.0.0.1".to_string(),
+            host => host.to_string(),
+        };
+        tracing::info!(replica = %settings.server.replica_name, "listening on http://{host}:{port}");
+        if let Some(secret) = generated_secret {
+            print_quickstart(&settings, &secret, &host, port)?;
+        }
+        Ok(Self {
+            server,
+            host,
+            port,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}:{}", self.host, self.port)
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains: readiness fails, new streams are refused,
+    /// every stream gets a jittered `retry:` and is closed, and the server stops within
+    /// `server.shutdown_timeout_secs`.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let settings = &state.settings;
+            tracing::info!(
+                connections = state.hub.connection_count(),
+                "Draining: telling every stream to reconnect elsewhere."
+            );
+            state.shutdown.start_draining();
+            let (min, max) = (settings.sse.drain_retry_min_ms, settings.sse.drain_retry_max_ms);
+            {
+                let mut rng = rand::rng();
+                state
+                    .hub
+                    .close_all(|| sse::retry_frame(rng.random_range(min..=max)));
+            }
+            handle.stop(true).await;
+            state.shutdown.stop();
+        });
+        self.server.await.context("running the HTTP server")?;
+        tracing::info!("Stopped.");
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Once a second: keepalives for idle streams and `auth.expired` for expired tokens. One timer
+/// for all streams instead of two per stream.
+async fn housekeeping(hub: Arc<Hub>, keepalive_secs: u64, shutdown: Shutdown) {
+    let expired = sse::expired_frame();
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = shutdown.stopped() => return,
+        }
+        let keepalive = sse::keepalive_frame(time::OffsetDateTime::now_utc());
+        hub.tick(unix_now(), keepalive_secs, &keepalive, &expired);
+    }
+}
+
+fn random_secret() -> SecretString {
+    let bytes: [u8; 32] = rand::random();
+    SecretString::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// Prints ready-to-paste commands for a first run without configured keys.
+fn print_quickstart(settings: &Settings, secret: &SecretString, host: &str, port: u16) -> anyhow::Result<()> {
+    tracing::warn!("No auth.jwt_secret or public key configured: generated a random secret for this run. Tokens signed with it stop working when the process exits.");
+    let minter = TokenMinter::new(secret, &settings.auth);
+    let orgs = vec![DEMO_ORG.to_string()];
+    let mint = |role: &str, sub: &str| {
+        minter.mint(&TokenRequest {
+            sub,
+            role,
+            orgs: &orgs,
+            tenant_id: None,
+            contractor_id: None,
+            ttl_secs: 24 * 3600,
+        })
+    };
+    let ops = mint("ops", "demo-ops")?;
+    let service = mint("service", "demo-publisher")?;
+    println!(
+        "\nTry it. In one terminal, open a stream (an ops token for org {DEMO_ORG}):\n\n  \
+         curl -N -H 'Authorization: Bearer {ops}' http://{host}:{port}/api/events\n\n\
+         In another, publish an event (a service token):\n\n  \
+         curl -X POST http://{host}:{port}/api/publish -H 'Authorization: Bearer {service}' \
+         -H 'Content-Type: application/json' \
+         -d '{{\"type\":\"ticket.created\",\"orgId\":\"{DEMO_ORG}\",\"data\":{{\"id\":\"t-1\",\"title\":\"Leaking faucet\"}}}}'\n"
+    );
+    Ok(())
+}
