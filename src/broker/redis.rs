@@ -423,6 +423,7 @@ fn channel_arg(data: &[Value]) -> Option<&[u8]> {
 async fn probe_health(broker: Arc<RedisBroker>, mut subscriber: ConnectionManager, shutdown: Shutdown) {
     let mut was_ready = false;
     let mut ever_ready = false;
+    let mut first_probe = true;
     loop {
         let probe = async {
             let mut connection = broker.pool.get().await.map_err(unavailable)?;
@@ -436,7 +437,7 @@ async fn probe_health(broker: Arc<RedisBroker>, mut subscriber: ConnectionManage
         let ready = match tokio::time::timeout(COMMAND_TIMEOUT * 2, probe).await {
             Ok(Ok(())) => true,
             Ok(Err(error)) => {
-                if was_ready || !ever_ready {
+                if was_ready || first_probe {
                     tracing::warn!(%error, "Redis is unreachable; not ready.");
                 }
                 false
@@ -454,6 +455,7 @@ async fn probe_health(broker: Arc<RedisBroker>, mut subscriber: ConnectionManage
         }
         broker.ready.store(ready, Ordering::Relaxed);
         was_ready = ready;
+        first_probe = false;
         tokio::select! {
             () = tokio::time::sleep(HEALTH_INTERVAL) => {}
             () = shutdown.stopped() => return,
