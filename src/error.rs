@@ -28,6 +28,10 @@ pub enum ApiError {
     Draining,
     #[error("this replica has reached its connection limit")]
     ServerFull,
+    #[error("{0}")]
+    RateLimited(String),
+    #[error("this user already has the maximum of {0} open streams")]
+    TooManyConnections(usize),
     #[error("no such endpoint")]
     NotFound,
     #[error("method not allowed on this endpoint")]
@@ -62,6 +66,8 @@ impl ApiError {
             Self::NotReady(_) => "not_ready",
             Self::Draining => "draining",
             Self::ServerFull => "server_full",
+            Self::RateLimited(_) => "rate_limited",
+            Self::TooManyConnections(_) => "too_many_connections",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BrokerRejected(_) => "invalid_envelope",
@@ -77,6 +83,7 @@ impl ResponseError for ApiError {
             Self::BadRequest { .. } | Self::BrokerRejected(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotReady(_) | Self::Draining | Self::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited(_) | Self::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -88,7 +95,11 @@ impl ResponseError for ApiError {
             Self::Auth(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
-            Self::NotReady(_) | Self::Draining | Self::ServerFull => {
+            Self::NotReady(_)
+            | Self::Draining
+            | Self::ServerFull
+            | Self::RateLimited(_)
+            | Self::TooManyConnections(_) => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
             }
             _ => {}

@@ -157,6 +157,19 @@ impl Hub {
         self.connections.lock().len()
     }
 
+    /// Open streams by `role|org,org` (orgs sorted), for the connection registry.
+    pub fn counts_by_role_and_orgs(&self) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        for subscriber in self.connections.lock().values() {
+            let mut orgs: Vec<&str> = subscriber.viewer.orgs().iter().map(OrgId::as_str).collect();
+            orgs.sort_unstable();
+            *counts
+                .entry(format!("{}|{}", subscriber.role, orgs.join(",")))
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
     fn subscribers(&self) -> Vec<Arc<Subscriber>> {
         self.connections.lock().values().cloned().collect()
     }

@@ -12,6 +12,7 @@ pub mod broker;
 pub mod error;
 pub mod event;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod routes;

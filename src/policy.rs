@@ -41,6 +41,8 @@ pub enum PolicyError {
     MayPublish(String),
     #[error("the token does not list org {0}")]
     OrgNotInToken(String),
+    #[error("role {0:?} may not list connections; only ops may")]
+    MayListConnections(String),
 }
 
 /// The rule table.

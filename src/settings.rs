@@ -91,6 +91,7 @@ pub struct LimitsSettings {
     pub max_connections_per_user: usize,
     pub connect_rate_per_user: u32,
     pub connect_rate_per_ip: u32,
+    pub trust_forwarded_for: bool,
     pub max_orgs_per_token: usize,
     pub max_event_bytes: usize,
     pub max_batch: usize,

@@ -12,7 +12,7 @@ use futures_core::Stream;
 use serde_json::json;
 
 use crate::auth::unix_now;
-use crate::broker::{Lease, Replay};
+use crate::broker::{Lease, Permit, Replay};
 use crate::event::EventId;
 use crate::hub::{Hub, Output, Subscriber};
 use crate::metrics::METRICS;
@@ -89,8 +89,9 @@ pub struct EventStream {
     hub: Arc<Hub>,
     /// The newest durable id the replay covered: queued live copies up to it are skipped.
     replayed_through: Option<EventId>,
-    /// Keeps this replica subscribed to the stream's orgs while the stream lives.
-    _lease: Lease,
+    /// Keeps this replica subscribed to the stream's orgs, and the stream counted against the
+    /// user's limit, while the stream lives.
+    _held: (Lease, Permit),
 }
 
 impl EventStream {
@@ -99,14 +100,14 @@ impl EventStream {
         subscriber: Arc<Subscriber>,
         hub: Arc<Hub>,
         replayed_through: Option<EventId>,
-        lease: Lease,
+        held: (Lease, Permit),
     ) -> Self {
         Self {
             opening: Some(opening),
             subscriber,
             hub,
             replayed_through,
-            _lease: lease,
+            _held: held,
         }
     }
 }

@@ -13,8 +13,9 @@ use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::{unix_now, JwtVerifier, TokenMinter, TokenRequest};
-use crate::broker::{Broker, EmbeddedBroker, RedisBroker};
+use crate::broker::{Broker, EmbeddedBroker, RedisBroker, Registry, HEARTBEAT_INTERVAL};
 use crate::hub::Hub;
+use crate::limits::RateLimiter;
 use crate::metrics::METRICS;
 use crate::policy::Policy;
 use crate::routes::{self, AppState};
@@ -50,19 +51,22 @@ impl Application {
 
         let hub = Arc::new(Hub::new(settings.sse.queue_capacity));
         let shutdown = Shutdown::new();
-        let broker = if settings.uses_embedded_broker() {
+        let replica_name = &settings.server.replica_name;
+        let (broker, registry) = if settings.uses_embedded_broker() {
             tracing::info!(
                 "No redis.url configured: using the embedded broker (single replica, in-memory history)."
             );
-            Broker::Embedded(Arc::new(EmbeddedBroker::new(
+            let broker = EmbeddedBroker::new(
                 hub.clone(),
                 settings.history.retention_secs,
                 settings.history.max_events_per_org,
-            )))
+            );
+            (Broker::Embedded(Arc::new(broker)), Registry::local(replica_name))
         } else {
-            Broker::Redis(
-                RedisBroker::start(&settings, hub.clone(), shutdown.clone()).context("configuring Redis")?,
-            )
+            let broker =
+                RedisBroker::start(&settings, hub.clone(), shutdown.clone()).context("configuring Redis")?;
+            let registry = Registry::redis(replica_name, broker.pool());
+            (Broker::Redis(broker), registry)
         };
 
         let address = format!("{}:{}", settings.server.host, settings.server.port);
@@ -79,6 +83,9 @@ impl Application {
             policy,
             hub: hub.clone(),
             broker,
+            registry,
+            user_rate: RateLimiter::new(settings.limits.connect_rate_per_user),
+            ip_rate: RateLimiter::new(settings.limits.connect_rate_per_ip),
             shutdown: shutdown.clone(),
         });
         let app_state = state.clone();
@@ -102,6 +109,7 @@ impl Application {
         .run();
 
         tokio::spawn(housekeeping(hub, settings.sse.keepalive_secs, shutdown));
+        tokio::spawn(heartbeat(state.clone()));
         let host = match settings.server.host.as_str() {
             "0.0.0.0" | "::" => "127.0.0.1".to_string(),
             host => host.to_string(),
@@ -149,6 +157,7 @@ impl Application {
             }
             handle.stop(true).await;
             state.shutdown.stop();
+            state.registry.withdraw().await;
         });
         self.server.await.context("running the HTTP server")?;
         tracing::info!("Stopped.");
@@ -191,6 +200,20 @@ async fn housekeeping(hub: Arc<Hub>, keepalive_secs: u64, shutdown: Shutdown) {
         }
         let keepalive = sse::keepalive_frame(time::OffsetDateTime::now_utc());
         hub.tick(unix_now(), keepalive_secs, &keepalive, &expired);
+    }
+}
+
+/// Publishes this replica's connection counts for the registry until shutdown.
+async fn heartbeat(state: web::Data<AppState>) {
+    let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = state.shutdown.stopped() => return,
+        }
+        if let Err(error) = state.registry.heartbeat(&state.hub).await {
+            tracing::debug!(%error, "Could not publish the connection registry heartbeat.");
+        }
     }
 }
 

@@ -111,6 +111,27 @@ local function next_id(stream)
   return ms, seq
 end
 
+-- Trims the org's history by count and age, remembering the newest id it removed in
+-- events:trimmed:<org>, so a replay can tell a client that it missed trimmed events.
+local function trim(org, stream, now_ms)
+  local newest_removed = nil
+  local excess = redis.call('XLEN', stream) - MAX_EVENTS
+  if excess > 0 then
+    local removed = redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)
+    newest_removed = removed[#removed][1]
+    redis.call('XTRIM', stream, 'MAXLEN', MAX_EVENTS)
+  end
+  local min_id = string.format('%d', now_ms - RETENTION_MS)
+  local aged = redis.call('XREVRANGE', stream, '(' .. min_id, '-', 'COUNT', 1)
+  if aged[1] then
+    newest_removed = aged[1][1]
+    redis.call('XTRIM', stream, 'MINID', min_id)
+  end
+  if newest_removed then
+    redis.call('SET', 'events:trimmed:' .. org, newest_removed, 'PX', RETENTION_MS)
+  end
+end
+
 local function publish(keys, args)
   local org, payload = args[1], args[2]
   if not valid_org(org) then
@@ -126,29 +147,24 @@ local function publish(keys, args)
   local stream = 'events:history:' .. org
   local ms, seq = next_id(stream)
   local id = string.format('%d-%d', ms, seq)
-  redis.call('XADD', stream, 'MAXLEN', MAX_EVENTS, id, 'e', payload)
-  redis.call('XTRIM', stream, 'MINID', string.format('%d', ms - RETENTION_MS))
+  redis.call('XADD', stream, id, 'e', payload)
+  trim(org, stream, ms)
   redis.call('PEXPIRE', stream, RETENTION_MS)
   redis.call('PUBLISH', 'events:org:' .. org, id .. ' ' .. payload)
   return id
 end
 
 -- One consistent snapshot of several orgs' history. For each org:
--- { org, max-deleted-entry-id, oldest kept id or '', { {id, {'e', envelope}}, ... } }
+-- { org, newest trimmed id or '0-0', oldest kept id or '', { {id, {'e', envelope}}, ... } }
 local function replay(keys, args)
   local start, count = args[1], args[2]
   local out = {}
   for i = 3, #args do
     local org = args[i]
     local stream = 'events:history:' .. org
-    local deleted, oldest, entries = '0-0', '', {}
+    local deleted = redis.call('GET', 'events:trimmed:' .. org) or '0-0'
+    local oldest, entries = '', {}
     if redis.call('EXISTS', stream) == 1 then
-      local info = redis.call('XINFO', 'STREAM', stream)
-      for j = 1, #info, 2 do
-        if info[j] == 'max-deleted-entry-id' then
-          deleted = info[j + 1]
-        end
-      end
       local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
       if first[1] then
         oldest = first[1][1]
@@ -160,5 +176,63 @@ local function replay(keys, args)
   return out
 end
 
+-- Connection registry. Each replica (name#boot-id) keeps a hash events:replica:<id> with
+--   u:<sub>            -> its open streams of that user
+--   c:<role>|<orgs>    -> its open streams of that role and org list
+-- rewritten by its heartbeat, expiring when the replica stops beating, and listed with its
+-- expiry time in the sorted set events:replicas.
+
+local function live_replicas()
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', 'events:replicas', '-inf', string.format('(%d', now))
+  return redis.call('ZRANGE', 'events:replicas', 0, -1)
+end
+
+-- FCALL event_gateway_conn_open 0 <replica-id> <sub> <max>: counts the user's streams on every
+-- live replica; takes one more on this replica unless that would exceed max.
+-- Returns the new count, or -1 when the user is at the limit.
+local function conn_open(keys, args)
+  local me, user, max = args[1], args[2], tonumber(args[3])
+  local field = 'u:' .. user
+  local total, counted_me = 0, false
+  for _, replica in ipairs(live_replicas()) do
+    total = total + (tonumber(redis.call('HGET', 'events:replica:' .. replica, field)) or 0)
+    if replica == me then
+      counted_me = true
+    end
+  end
+  if not counted_me then
+    total = total + (tonumber(redis.call('HGET', 'events:replica:' .. me, field)) or 0)
+  end
+  if total >= max then
+    return -1
+  end
+  redis.call('HINCRBY', 'events:replica:' .. me, field, 1)
+  return total + 1
+end
+
+-- FCALL_RO event_gateway_registry 0: { {replica-id, field, count, field, count, ...}, ... }
+-- of every live replica's c: fields.
+local function registry(keys, args)
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local out = {}
+  for _, replica in ipairs(redis.call('ZRANGEBYSCORE', 'events:replicas', now, '+inf')) do
+    local row = {replica}
+    local fields = redis.call('HGETALL', 'events:replica:' .. replica)
+    for i = 1, #fields, 2 do
+      if string.sub(fields[i], 1, 2) == 'c:' then
+        row[#row + 1] = fields[i]
+        row[#row + 1] = fields[i + 1]
+      end
+    end
+    out[#out + 1] = row
+  end
+  return out
+end
+
 redis.register_function('event_gateway_publish', publish)
+redis.register_function('event_gateway_conn_open', conn_open)
+redis.register_function{function_name = 'event_gateway_registry', callback = registry, flags = {'no-writes'}}
 redis.register_function{function_name = 'event_gateway_replay', callback = replay, flags = {'no-writes'}}

@@ -3,12 +3,14 @@
 
 mod embedded;
 mod redis;
+mod registry;
 mod subscriptions;
 
 use std::sync::Arc;
 
 pub use self::embedded::EmbeddedBroker;
 pub use self::redis::{publish_once, RedisBroker};
+pub use self::registry::{ConnectionsReport, Permit, Registry, HEARTBEAT_INTERVAL};
 pub use self::subscriptions::Lease;
 
 use crate::event::{Envelope, Event, EventId, OrgId};

@@ -143,6 +143,11 @@ impl RedisBroker {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// The command pool, for the connection registry.
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
     pub async fn subscribe(&self, orgs: &[OrgId]) -> Result<Lease, BrokerError> {
         self.subscriptions.acquire(orgs).await
     }

@@ -113,24 +113,57 @@ async fn replay_start(
     })
 }
 
+/// The client's IP for rate limiting: the peer, or the forwarded client when configured.
+fn client_ip(request: &HttpRequest, trust_forwarded_for: bool) -> String {
+    let info = request.connection_info();
+    let address = if trust_forwarded_for {
+        info.realip_remote_addr()
+    } else {
+        info.peer_addr()
+    };
+    address.unwrap_or("unknown").to_string()
+}
+
 pub async fn stream(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.shutdown.is_draining() {
         return Err(ApiError::Draining);
+    }
+    let limits = &state.settings.limits;
+    let now = unix_now();
+    if !state
+        .ip_rate
+        .allow(&client_ip(&request, limits.trust_forwarded_for), now)
+    {
+        return Err(ApiError::RateLimited(format!(
+            "more than {} new streams per second from this address",
+            limits.connect_rate_per_ip
+        )));
     }
     let claims = state.authenticate(&request)?;
     let query = EventsQuery::parse(request.query_string())?;
     let viewer = state.policy.viewer(&claims, query.types.clone())?;
     let from = replay_start(&request, &query, &state, &claims.sub).await?;
-    if METRICS.open_connections() >= state.settings.limits.max_connections {
+    if METRICS.open_connections() >= limits.max_connections {
         return Err(ApiError::ServerFull);
     }
     if !state.broker.is_ready() {
         return Err(ApiError::NotReady("Redis is unreachable".into()));
     }
+    if !state.user_rate.allow(&claims.sub, now) {
+        return Err(ApiError::RateLimited(format!(
+            "more than {} new streams per second for this user",
+            limits.connect_rate_per_user
+        )));
+    }
+    let permit = state
+        .registry
+        .admit(&claims.sub, limits.max_connections_per_user)
+        .await?
+        .ok_or(ApiError::TooManyConnections(limits.max_connections_per_user))?;
 
     // Register first, then subscribe: whatever reaches this replica from the moment Redis
     // confirms the subscription is already queued for this connection.
-    let subscriber = state.hub.register(viewer, &claims.role, claims.exp, unix_now());
+    let subscriber = state.hub.register(viewer, &claims.role, claims.exp, now);
     let opened = async {
         let lease = state.broker.subscribe(&claims.orgs).await?;
         let replay = match from {
@@ -169,7 +202,13 @@ pub async fn stream(request: HttpRequest, state: web::Data<AppState>) -> Result<
         replayed = replay.events.len(),
         "Stream opened."
     );
-    let body = EventStream::new(opening, subscriber, state.hub.clone(), replayed_through, lease);
+    let body = EventStream::new(
+        opening,
+        subscriber,
+        state.hub.clone(),
+        replayed_through,
+        (lease, permit),
+    );
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))

@@ -1,6 +1,7 @@
 //! The HTTP surface: the whole route table on one screen, the shared state handlers see, and the
 //! middleware every response passes through (CORS, access log).
 
+mod connections;
 mod events;
 mod health;
 mod publish;
@@ -15,9 +16,10 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::auth::{extract_token, redact_query, Claims, JwtVerifier};
-use crate::broker::Broker;
+use crate::broker::{Broker, Registry};
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::limits::RateLimiter;
 use crate::metrics::METRICS;
 use crate::policy::Policy;
 use crate::settings::Settings;
@@ -30,6 +32,9 @@ pub struct AppState {
     pub policy: Policy,
     pub hub: Arc<Hub>,
     pub broker: Broker,
+    pub registry: Registry,
+    pub user_rate: RateLimiter,
+    pub ip_rate: RateLimiter,
     pub shutdown: Shutdown,
 }
 
@@ -48,37 +53,21 @@ impl AppState {
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config
-        .service(
-            web::resource("/api/events")
-                .get(events::stream)
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/api/events/ack")
-                .post(events::acknowledge)
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/api/publish")
-                .post(publish::publish)
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/healthz")
-                .get(health::healthz)
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/readyz")
-                .get(health::readyz)
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/metrics")
-                .get(health::metrics)
-                .default_service(web::to(method_not_allowed)),
-        )
+        .service(endpoint("/api/events", web::get().to(events::stream)))
+        .service(endpoint("/api/events/ack", web::post().to(events::acknowledge)))
+        .service(endpoint("/api/publish", web::post().to(publish::publish)))
+        .service(endpoint("/api/connections", web::get().to(connections::list)))
+        .service(endpoint("/healthz", web::get().to(health::healthz)))
+        .service(endpoint("/readyz", web::get().to(health::readyz)))
+        .service(endpoint("/metrics", web::get().to(health::metrics)))
         .default_service(web::to(not_found));
+}
+
+/// One path served by one route; other methods get a JSON 405.
+fn endpoint(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(method_not_allowed))
 }
 
 /// Reads a request body of at most `limit` bytes.

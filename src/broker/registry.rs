@@ -1,0 +1,336 @@
+//! The connection registry: how many streams each user holds across replicas (for
+//! `limits.max_connections_per_user`) and how many streams each replica holds per role and org
+//! (for `GET /api/connections`). Each replica owns its entries and rewrites them with a
+//! heartbeat; a replica that dies stops beating and its entries expire.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::Pool;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::BrokerError;
+use crate::event::OrgId;
+use crate::hub::Hub;
+
+/// How often a replica rewrites its entries.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long its entries outlive its last heartbeat.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
+
+/// Streams per user on this replica. The local truth the heartbeat publishes.
+#[derive(Default)]
+pub struct UserCounts {
+    counts: Mutex<HashMap<Box<str>, u64>>,
+}
+
+impl UserCounts {
+    fn add(&self, user: &str) -> u64 {
+        let mut counts = self.counts.lock();
+        let count = counts.entry(user.into()).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    fn remove(&self, user: &str) {
+        let mut counts = self.counts.lock();
+        if let Some(count) = counts.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(user);
+            }
+        }
+    }
+
+    fn get(&self, user: &str) -> u64 {
+        self.counts.lock().get(user).copied().unwrap_or(0)
+    }
+
+    fn snapshot(&self) -> Vec<(Box<str>, u64)> {
+        self.counts
+            .lock()
+            .iter()
+            .map(|(user, count)| (user.clone(), *count))
+            .collect()
+    }
+}
+
+/// One open stream's place in the user's count; dropping it gives the place back.
+pub struct Permit {
+    counts: Arc<UserCounts>,
+    user: Box<str>,
+    /// In Redis mode: where to decrement at once (the heartbeat would also correct it).
+    redis: Option<(Pool, Arc<str>)>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.counts.remove(&self.user);
+        if let Some((pool, replica_id)) = self.redis.take() {
+            let field = format!("u:{}", self.user);
+            let key = replica_key(&replica_id);
+            tokio::spawn(async move {
+                if let Ok(mut connection) = pool.get().await {
+                    let _ = redis::cmd("HINCRBY")
+                        .arg(&key)
+                        .arg(&field)
+                        .arg(-1)
+                        .query_async::<i64>(&mut *connection)
+                        .await;
+                }
+            });
+        }
+    }
+}
+
+fn replica_key(replica_id: &str) -> String {
+    format!("events:replica:{replica_id}")
+}
+
+/// `GET /api/connections`: streams whose token lists one of the caller's orgs.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ConnectionsReport {
+    pub total: u64,
+    #[serde(rename = "byRole")]
+    pub by_role: BTreeMap<String, u64>,
+    pub replicas: Vec<ReplicaConnections>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ReplicaConnections {
+    pub replica: String,
+    pub connections: u64,
+}
+
+impl ConnectionsReport {
+    /// Adds one replica's `role|org,org` counts, keeping those that share an org with `orgs`.
+    fn add_replica<'a>(
+        &mut self,
+        replica: &str,
+        counts: impl Iterator<Item = (&'a str, u64)>,
+        orgs: &[OrgId],
+    ) {
+        let mut connections = 0;
+        for (key, count) in counts {
+            let Some((role, listed)) = key.split_once('|') else {
+                continue;
+            };
+            if listed
+                .split(',')
+                .any(|org| orgs.iter().any(|mine| mine.as_str() == org))
+            {
+                connections += count;
+                *self.by_role.entry(role.to_string()).or_insert(0) += count;
+            }
+        }
+        self.total += connections;
+        self.replicas.push(ReplicaConnections {
+            replica: replica.to_string(),
+            connections,
+        });
+    }
+}
+
+/// The registry of one replica.
+pub struct Registry {
+    /// `<replica name>#<boot id>`: unique even when a restarted replica reuses its name.
+    replica_id: Arc<str>,
+    replica_name: String,
+    counts: Arc<UserCounts>,
+    pool: Option<Pool>,
+}
+
+impl Registry {
+    pub fn local(replica_name: &str) -> Self {
+        Self {
+            replica_id: replica_name.into(),
+            replica_name: replica_name.to_string(),
+            counts: Arc::default(),
+            pool: None,
+        }
+    }
+
+    pub fn redis(replica_name: &str, pool: Pool) -> Self {
+        let boot: u32 = rand::random();
+        Self {
+            replica_id: format!("{replica_name}#{boot:08x}").into(),
+            replica_name: replica_name.to_string(),
+            counts: Arc::default(),
+            pool: Some(pool),
+        }
+    }
+
+    /// Takes a place for one more stream of `user`, unless the user already holds `max`
+    /// across replicas. `Ok(None)` means the user is at the limit.
+    pub async fn admit(&self, user: &str, max: usize) -> Result<Option<Permit>, BrokerError> {
+        let Some(pool) = &self.pool else {
+            if self.counts.get(user) >= max as u64 {
+                return Ok(None);
+            }
+            self.counts.add(user);
+            return Ok(Some(Permit {
+                counts: self.counts.clone(),
+                user: user.into(),
+                redis: None,
+            }));
+        };
+        let mut connection = pool
+            .get()
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let admitted: i64 = redis::cmd("FCALL")
+            .arg("event_gateway_conn_open")
+            .arg(0)
+            .arg(&*self.replica_id)
+            .arg(user)
+            .arg(max)
+            .query_async(&mut *connection)
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        if admitted < 0 {
+            return Ok(None);
+        }
+        self.counts.add(user);
+        Ok(Some(Permit {
+            counts: self.counts.clone(),
+            user: user.into(),
+            redis: Some((pool.clone(), self.replica_id.clone())),
+        }))
+    }
+
+    /// Rewrites this replica's entries from the local truth, and prolongs them.
+    pub async fn heartbeat(&self, hub: &Hub) -> Result<(), BrokerError> {
+        let Some(pool) = &self.pool else { return Ok(()) };
+        let key = replica_key(&self.replica_id);
+        let ttl_ms = HEARTBEAT_TTL.as_millis() as u64;
+        let mut pipeline = redis::pipe();
+        pipeline.atomic().del(&key);
+        let users = self.counts.snapshot();
+        let streams = hub.counts_by_role_and_orgs();
+        if !users.is_empty() || !streams.is_empty() {
+            let fields: Vec<(String, u64)> = users
+                .into_iter()
+                .map(|(user, count)| (format!("u:{user}"), count))
+                .chain(
+                    streams
+                        .into_iter()
+                        .map(|(key, count)| (format!("c:{key}"), count)),
+                )
+                .collect();
+            pipeline.hset_multiple(&key, &fields);
+        }
+        pipeline.pexpire(&key, ttl_ms as i64).zadd(
+            "events:replicas",
+            &*self.replica_id,
+            unix_millis() + ttl_ms,
+        );
+        let mut connection = pool
+            .get()
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        pipeline
+            .query_async::<()>(&mut *connection)
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+    }
+
+    /// Removes this replica's entries (clean shutdown).
+    pub async fn withdraw(&self) {
+        let Some(pool) = &self.pool else { return };
+        if let Ok(mut connection) = pool.get().await {
+            let _ = redis::pipe()
+                .del(replica_key(&self.replica_id))
+                .zrem("events:replicas", &*self.replica_id)
+                .query_async::<()>(&mut *connection)
+                .await;
+        }
+    }
+
+    /// Streams across live replicas whose token lists one of `orgs`.
+    pub async fn report(&self, hub: &Hub, orgs: &[OrgId]) -> Result<ConnectionsReport, BrokerError> {
+        let mut report = ConnectionsReport::default();
+        let Some(pool) = &self.pool else {
+            let counts = hub.counts_by_role_and_orgs();
+            report.add_replica(
+                &self.replica_name,
+                counts.iter().map(|(k, v)| (k.as_str(), *v)),
+                orgs,
+            );
+            return Ok(report);
+        };
+        let mut connection = pool
+            .get()
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let rows: Vec<Vec<String>> = redis::cmd("FCALL_RO")
+            .arg("event_gateway_registry")
+            .arg(0)
+            .query_async(&mut *connection)
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        for row in rows {
+            let Some((replica_id, fields)) = row.split_first() else {
+                continue;
+            };
+            let name = replica_id
+                .rsplit_once('#')
+                .map_or(replica_id.as_str(), |(name, _)| name);
+            let counts = fields.chunks(2).filter_map(|pair| match pair {
+                [field, count] => Some((field.strip_prefix("c:")?, count.parse().ok()?)),
+                _ => None,
+            });
+            report.add_replica(name, counts, orgs);
+        }
+        Ok(report)
+    }
+}
+
+fn unix_millis() -> u64 {
+    super::embedded::now_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn orgs(names: &[&str]) -> Vec<OrgId> {
+        names.iter().map(|o| OrgId::parse(o).expect("valid")).collect()
+    }
+
+    #[test]
+    fn report_counts_only_streams_sharing_an_org_with_the_caller() {
+        let mut report = ConnectionsReport::default();
+        let counts = [("ops|a,b", 2), ("tenant|b", 3), ("tenant|c", 5)];
+        report.add_replica("r1", counts.iter().map(|(k, v)| (*k, *v)), &orgs(&["b"]));
+        report.add_replica("r2", [("landlord|c", 7)].into_iter(), &orgs(&["b"]));
+        assert_eq!(report.total, 5);
+        assert_eq!(report.by_role.get("ops"), Some(&2));
+        assert_eq!(report.by_role.get("tenant"), Some(&3));
+        assert_eq!(
+            report.replicas,
+            vec![
+                ReplicaConnections {
+                    replica: "r1".into(),
+                    connections: 5
+                },
+                ReplicaConnections {
+                    replica: "r2".into(),
+                    connections: 0
+                },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn local_admission_stops_at_the_limit_and_frees_on_drop() {
+        let registry = Registry::local("r1");
+        let first = registry.admit("u1", 2).await.expect("local").expect("admitted");
+        let _second = registry.admit("u1", 2).await.expect("local").expect("admitted");
+        assert!(registry.admit("u1", 2).await.expect("local").is_none());
+        assert!(registry.admit("u2", 2).await.expect("local").is_some());
+        drop(first);
+        assert!(registry.admit("u1", 2).await.expect("local").is_some());
+    }
+}
