@@ -67,6 +67,16 @@ enum Command {
         #[arg(long)]
         token: Option<String>,
     },
+    /// Exit 0 when the local gateway answers /healthz (or /readyz with --ready), else 1: for
+    /// container health checks, which have no curl in the runtime image.
+    Healthcheck {
+        /// Base URL; default http://127.0.0.1:<server.port>.
+        #[arg(long)]
+        url: Option<String>,
+        /// Check readiness (broker connected, not draining) instead of liveness.
+        #[arg(long)]
+        ready: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +115,27 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(publish(settings, org, event_type, data, durable, url, token))
+        }
+        Command::Healthcheck { url, ready } => {
+            let base = url.unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.server.port));
+            let path = if ready { "/readyz" } else { "/healthz" };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let status = runtime.block_on(async {
+                reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(3))
+                    .build()?
+                    .get(format!("{}{path}", base.trim_end_matches('/')))
+                    .send()
+                    .await
+                    .map(|response| response.status())
+            });
+            match status {
+                Ok(status) if status.is_success() => Ok(()),
+                Ok(status) => bail!("{path} answered {status}"),
+                Err(error) => bail!("{path} unreachable: {error}"),
+            }
         }
     }
 }
