@@ -1,6 +1,11 @@
 //! The local fan-out: which connection of this replica listens to which org, and a bounded queue
 //! per connection into which each event's shared frame is pushed. Never awaits a client: a full
 //! queue closes that connection. No IO.
+//!
+//! Connections live in one `Shard` per HTTP worker thread. The dispatcher hands each event to
+//! every shard that has subscribers of its org (one cross-thread message per worker, not one
+//! wake-up per connection); the shard's own task then fans it out on the worker's thread, where
+//! waking a connection is a local queue push.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +14,7 @@ use std::task::Waker;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
 
 use crate::event::{Event, EventId, OrgId, Priority};
 use crate::metrics::METRICS;
@@ -19,18 +25,32 @@ pub type ConnectionId = u64;
 /// Queue capacity a connection keeps between bursts.
 const SMALL_QUEUE: usize = 8;
 
-/// All local connections, by org and by id.
+/// Every worker's shard of this replica's connections.
 pub struct Hub {
-    /// Org -> its local subscribers. Read-locked once per event by the dispatcher; write-locked
-    /// only when a connection opens or closes.
-    orgs: RwLock<HashMap<OrgId, Vec<Arc<Subscriber>>>>,
-    /// Every local subscriber, for keepalives, expiry and drain.
-    connections: Mutex<HashMap<ConnectionId, Arc<Subscriber>>>,
+    shards: RwLock<Vec<ShardHandle>>,
     /// Capacity of each connection's queue. A client that falls this far behind is
     /// disconnected rather than awaited, so one slow client never delays the others;
     /// it resumes from history with Last-Event-ID.
     queue_capacity: usize,
-    next_id: AtomicU64,
+    /// Connection ids, unique across shards.
+    next_id: Arc<AtomicU64>,
+}
+
+struct ShardHandle {
+    shard: Arc<Shard>,
+    /// Events for the shard's fan-out task, in dispatch order.
+    inbox: mpsc::UnboundedSender<Arc<Event>>,
+}
+
+/// The connections of one worker thread, by org and by id.
+pub struct Shard {
+    /// Org -> its subscribers. Read-locked once per event by the shard's fan-out task;
+    /// write-locked only when a connection opens or closes.
+    orgs: RwLock<HashMap<OrgId, Vec<Arc<Subscriber>>>>,
+    /// Every subscriber of the shard, for keepalives, expiry and drain.
+    connections: Mutex<HashMap<ConnectionId, Arc<Subscriber>>>,
+    queue_capacity: usize,
+    next_id: Arc<AtomicU64>,
 }
 
 /// One open stream as the hub sees it.
@@ -83,10 +103,97 @@ pub enum Output {
 impl Hub {
     pub fn new(queue_capacity: usize) -> Self {
         Self {
+            shards: RwLock::new(Vec::new()),
+            queue_capacity,
+            next_id: Arc::new(AtomicU64::new(rand::random::<u32>() as u64)),
+        }
+    }
+
+    /// Creates the shard of the calling worker and starts its fan-out task on the worker's
+    /// runtime. Called once per HTTP worker, on that worker's thread.
+    pub fn add_shard(&self) -> Arc<Shard> {
+        let shard = Arc::new(Shard {
+            orgs: RwLock::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+            queue_capacity: self.queue_capacity,
+            next_id: self.next_id.clone(),
+        });
+        let (inbox, events) = mpsc::unbounded_channel();
+        actix_web::rt::spawn(fan_out(shard.clone(), events));
+        self.shards.write().push(ShardHandle {
+            shard: shard.clone(),
+            inbox,
+        });
+        shard
+    }
+
+    /// Hands `event` to every shard with subscribers of its org.
+    pub fn publish(&self, event: &Arc<Event>) {
+        let mut gone = false;
+        for handle in self.shards.read().iter() {
+            if handle.shard.has_subscribers(&event.org) && handle.inbox.send(event.clone()).is_err() {
+                gone = true;
+            }
+        }
+        if gone {
+            // A worker that stopped (its task ended) is forgotten.
+            self.shards.write().retain(|handle| !handle.inbox.is_closed());
+        }
+    }
+
+    fn shards(&self) -> Vec<Arc<Shard>> {
+        self.shards
+            .read()
+            .iter()
+            .map(|handle| handle.shard.clone())
+            .collect()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.shards().iter().map(|shard| shard.connection_count()).sum()
+    }
+
+    /// Open streams by `role|org,org` (orgs sorted), for the connection registry.
+    pub fn counts_by_role_and_orgs(&self) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        for shard in self.shards() {
+            for (key, count) in shard.counts_by_role_and_orgs() {
+                *counts.entry(key).or_insert(0) += count;
+            }
+        }
+        counts
+    }
+
+    /// See `Shard::tick`.
+    pub fn tick(&self, now: u64, keepalive_secs: u64, keepalive_frame: &Bytes, expired_frame: &Bytes) {
+        for shard in self.shards() {
+            shard.tick(now, keepalive_secs, keepalive_frame, expired_frame);
+        }
+    }
+
+    /// Ends every stream after sending it the frame `final_frame` makes for it (drain).
+    pub fn close_all(&self, mut final_frame: impl FnMut() -> Bytes) {
+        for shard in self.shards() {
+            shard.close_all(&mut final_frame);
+        }
+    }
+}
+
+/// A shard's fan-out task: events arrive in dispatch order and leave in that order.
+async fn fan_out(shard: Arc<Shard>, mut events: mpsc::UnboundedReceiver<Arc<Event>>) {
+    while let Some(event) = events.recv().await {
+        shard.publish(&event);
+    }
+}
+
+impl Shard {
+    /// A shard not attached to a hub, fed by calling `publish` directly.
+    pub fn detached(queue_capacity: usize) -> Self {
+        Self {
             orgs: RwLock::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
             queue_capacity,
-            next_id: AtomicU64::new(rand::random::<u32>() as u64),
+            next_id: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -157,8 +264,7 @@ impl Hub {
         self.connections.lock().len()
     }
 
-    /// Open streams by `role|org,org` (orgs sorted), for the connection registry.
-    pub fn counts_by_role_and_orgs(&self) -> HashMap<String, u64> {
+    fn counts_by_role_and_orgs(&self) -> HashMap<String, u64> {
         let mut counts = HashMap::new();
         for subscriber in self.connections.lock().values() {
             let mut orgs: Vec<&str> = subscriber.viewer.orgs().iter().map(OrgId::as_str).collect();
@@ -387,10 +493,10 @@ mod tests {
 
     #[test]
     fn queued_events_leave_as_one_chunk_in_order() {
-        let hub = Hub::new(8);
-        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
-        hub.publish(&event("o1", None, "normal", 1));
-        hub.publish(&event("o1", None, "normal", 2));
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        shard.publish(&event("o1", None, "normal", 1));
+        shard.publish(&event("o1", None, "normal", 2));
         let (waker, _) = noop_waker();
         assert_eq!(
             text(subscriber.take(&waker, None, 0)),
@@ -401,19 +507,19 @@ mod tests {
 
     #[test]
     fn events_of_other_orgs_never_reach_a_subscriber() {
-        let hub = Hub::new(8);
-        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
-        assert_eq!(hub.publish(&event("o2", None, "normal", 1)), 0);
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        assert_eq!(shard.publish(&event("o2", None, "normal", 1)), 0);
         let (waker, _) = noop_waker();
         assert_eq!(text(subscriber.take(&waker, None, 0)), "<pending>");
     }
 
     #[test]
     fn a_full_queue_ends_the_stream_without_sending_more() {
-        let hub = Hub::new(2);
-        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let shard = Shard::detached(2);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
         for n in 0..3 {
-            hub.publish(&event("o1", None, "normal", n));
+            shard.publish(&event("o1", None, "normal", n));
         }
         let (waker, _) = noop_waker();
         assert_eq!(text(subscriber.take(&waker, None, 0)), "<ended>");
@@ -421,20 +527,20 @@ mod tests {
 
     #[test]
     fn a_publish_wakes_a_waiting_stream() {
-        let hub = Hub::new(8);
-        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
         let (waker, counter) = noop_waker();
         assert_eq!(text(subscriber.take(&waker, None, 0)), "<pending>");
-        hub.publish(&event("o1", None, "normal", 1));
+        shard.publish(&event("o1", None, "normal", 1));
         assert_eq!(counter.0.load(Ordering::Relaxed), 1);
     }
 
     #[test]
     fn high_priority_overtakes_queued_durable_events_without_its_id() {
-        let hub = Hub::new(8);
-        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
-        hub.publish(&event("o1", Some(1), "normal", 1));
-        hub.publish(&event("o1", Some(2), "high", 2));
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        shard.publish(&event("o1", Some(1), "normal", 1));
+        shard.publish(&event("o1", Some(2), "high", 2));
         let (waker, _) = noop_waker();
         assert_eq!(
             text(subscriber.take(&waker, None, 0)),
@@ -444,9 +550,9 @@ mod tests {
 
     #[test]
     fn high_priority_with_nothing_to_overtake_keeps_its_id() {
-        let hub = Hub::new(8);
-        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
-        hub.publish(&event("o1", Some(2), "high", 2));
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        shard.publish(&event("o1", Some(2), "high", 2));
         let (waker, _) = noop_waker();
         assert_eq!(
             text(subscriber.take(&waker, None, 0)),
@@ -456,10 +562,10 @@ mod tests {
 
     #[test]
     fn events_already_replayed_are_skipped() {
-        let hub = Hub::new(8);
-        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
-        hub.publish(&event("o1", Some(1), "normal", 1));
-        hub.publish(&event("o1", Some(2), "normal", 2));
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        shard.publish(&event("o1", Some(1), "normal", 1));
+        shard.publish(&event("o1", Some(2), "normal", 2));
         let (waker, _) = noop_waker();
         let mark = Some(EventId { millis: 1, seq: 1 });
         assert_eq!(
@@ -470,40 +576,40 @@ mod tests {
 
     #[test]
     fn expiry_sends_the_final_frame_then_ends() {
-        let hub = Hub::new(8);
-        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", 100, 0);
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", 100, 0);
         let keepalive = Bytes::from_static(b"ka\n\n");
         let expired = Bytes::from_static(b"expired\n\n");
-        hub.tick(99, 1000, &keepalive, &expired);
+        shard.tick(99, 1000, &keepalive, &expired);
         let (waker, _) = noop_waker();
         assert_eq!(text(subscriber.take(&waker, None, 99)), "<pending>");
-        hub.tick(100, 1000, &keepalive, &expired);
+        shard.tick(100, 1000, &keepalive, &expired);
         assert_eq!(text(subscriber.take(&waker, None, 100)), "expired\n\n");
         assert_eq!(text(subscriber.take(&waker, None, 100)), "<ended>");
     }
 
     #[test]
     fn keepalive_goes_only_to_idle_streams() {
-        let hub = Hub::new(8);
-        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
         let keepalive = Bytes::from_static(b"ka\n\n");
         let expired = Bytes::from_static(b"expired\n\n");
         let (waker, _) = noop_waker();
-        hub.publish(&event("o1", None, "normal", 1));
+        shard.publish(&event("o1", None, "normal", 1));
         let _ = subscriber.take(&waker, None, 10);
-        hub.tick(14, 5, &keepalive, &expired);
+        shard.tick(14, 5, &keepalive, &expired);
         assert_eq!(text(subscriber.take(&waker, None, 14)), "<pending>");
-        hub.tick(15, 5, &keepalive, &expired);
+        shard.tick(15, 5, &keepalive, &expired);
         assert_eq!(text(subscriber.take(&waker, None, 15)), "ka\n\n");
     }
 
     #[test]
     fn unregistered_subscribers_get_nothing() {
-        let hub = Hub::new(8);
-        let subscriber = hub.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
-        hub.unregister(&subscriber);
-        assert!(!hub.has_subscribers(&OrgId::parse("o1").expect("valid")));
-        assert_eq!(hub.publish(&event("o1", None, "normal", 1)), 0);
-        assert_eq!(hub.connection_count(), 0);
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        shard.unregister(&subscriber);
+        assert!(!shard.has_subscribers(&OrgId::parse("o1").expect("valid")));
+        assert_eq!(shard.publish(&event("o1", None, "normal", 1)), 0);
+        assert_eq!(shard.connection_count(), 0);
     }
 }

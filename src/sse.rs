@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::auth::unix_now;
 use crate::broker::{Lease, Permit, Replay};
 use crate::event::EventId;
-use crate::hub::{Hub, Output, Subscriber};
+use crate::hub::{Output, Shard, Subscriber};
 use crate::metrics::METRICS;
 
 /// `retry: <ms>` — how long the client waits before reconnecting.
@@ -86,7 +86,7 @@ pub fn opening_frames(
 pub struct EventStream {
     opening: Option<Bytes>,
     subscriber: Arc<Subscriber>,
-    hub: Arc<Hub>,
+    shard: Arc<Shard>,
     /// The newest durable id the replay covered: queued live copies up to it are skipped.
     replayed_through: Option<EventId>,
     /// Keeps this replica subscribed to the stream's orgs, and the stream counted against the
@@ -98,14 +98,14 @@ impl EventStream {
     pub fn new(
         opening: Bytes,
         subscriber: Arc<Subscriber>,
-        hub: Arc<Hub>,
+        shard: Arc<Shard>,
         replayed_through: Option<EventId>,
         held: (Lease, Permit),
     ) -> Self {
         Self {
             opening: Some(opening),
             subscriber,
-            hub,
+            shard,
             replayed_through,
             _held: held,
         }
@@ -145,7 +145,7 @@ impl Stream for EventStream {
 
 impl Drop for EventStream {
     fn drop(&mut self) {
-        self.hub.unregister(&self.subscriber);
+        self.shard.unregister(&self.subscriber);
         tracing::debug!(conn = self.subscriber.id, "Stream closed.");
     }
 }

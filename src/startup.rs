@@ -90,8 +90,11 @@ impl Application {
         });
         let app_state = state.clone();
         let server = HttpServer::new(move || {
+            // Runs once per worker, on the worker's thread: its connections form one shard.
+            let shard = web::Data::from(app_state.hub.add_shard());
             App::new()
                 .app_data(app_state.clone())
+                .app_data(shard)
                 .wrap(from_fn(routes::cors))
                 .wrap(from_fn(routes::access_log))
                 .configure(routes::configure)

@@ -9,6 +9,7 @@ use crate::auth::unix_now;
 use crate::broker::{Replay, ReplayFrom};
 use crate::error::ApiError;
 use crate::event::EventId;
+use crate::hub::Shard;
 use crate::metrics::METRICS;
 use crate::policy::TypeFilter;
 use crate::sse::{opening_frames, ConnectedInfo, EventStream};
@@ -124,7 +125,12 @@ fn client_ip(request: &HttpRequest, trust_forwarded_for: bool) -> String {
     address.unwrap_or("unknown").to_string()
 }
 
-pub async fn stream(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// Opens a stream. `shard` holds this worker's connections.
+pub async fn stream(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    shard: web::Data<Shard>,
+) -> Result<HttpResponse, ApiError> {
     if state.shutdown.is_draining() {
         return Err(ApiError::Draining);
     }
@@ -163,7 +169,7 @@ pub async fn stream(request: HttpRequest, state: web::Data<AppState>) -> Result<
 
     // Register first, then subscribe: whatever reaches this replica from the moment Redis
     // confirms the subscription is already queued for this connection.
-    let subscriber = state.hub.register(viewer, &claims.role, claims.exp, now);
+    let subscriber = shard.register(viewer, &claims.role, claims.exp, now);
     let opened = async {
         let lease = state.broker.subscribe(&claims.orgs).await?;
         let replay = match from {
@@ -176,7 +182,7 @@ pub async fn stream(request: HttpRequest, state: web::Data<AppState>) -> Result<
     let (lease, replay) = match opened {
         Ok(opened) => opened,
         Err(error) => {
-            state.hub.unregister(&subscriber);
+            shard.unregister(&subscriber);
             return Err(error);
         }
     };
@@ -205,7 +211,7 @@ pub async fn stream(request: HttpRequest, state: web::Data<AppState>) -> Result<
     let body = EventStream::new(
         opening,
         subscriber,
-        state.hub.clone(),
+        shard.into_inner(),
         replayed_through,
         (lease, permit),
     );
