@@ -120,7 +120,7 @@ for name in "${replicas[@]}"; do
   GATEWAY__SERVER__REPLICA_NAME="$name" \
   GATEWAY__SERVER__SHUTDOWN_TIMEOUT_SECS="$shutdown_timeout_secs" \
   GATEWAY__SSE__DRAIN_RETRY_MIN_MS="$drain_min_ms" GATEWAY__SSE__DRAIN_RETRY_MAX_MS="$drain_max_ms" \
-  GATEWAY__LOG__FORMAT=json \
+  GATEWAY__LOG__FORMAT=json GATEWAY__LIMITS__TRUST_FORWARDED_FOR=true \
     "$GATEWAY_BIN" serve >"$work/$name.log" 2>&1 &
   pid_of[$name]=$!
   all_pids+=("$!")
@@ -132,6 +132,21 @@ for name in "${replicas[@]}"; do
   wait_for 15 curl -fsS "http://127.0.0.1:${port_of[$name]}/readyz" || fail "$name not ready"
   say "$name: pid ${pid_of[$name]}, 127.0.0.1:${port_of[$name]}, ready"
 done
+
+# The container health check (Dockerfile HEALTHCHECK, compose) is `event-gateway healthcheck`.
+has_healthcheck=0
+if "$GATEWAY_BIN" help healthcheck >/dev/null 2>&1; then
+  has_healthcheck=1
+  for name in "${replicas[@]}"; do
+    "$GATEWAY_BIN" healthcheck --url "http://127.0.0.1:${port_of[$name]}" >/dev/null 2>&1 \
+      || fail "event-gateway healthcheck failed against live $name"
+    "$GATEWAY_BIN" healthcheck --ready --url "http://127.0.0.1:${port_of[$name]}" >/dev/null 2>&1 \
+      || fail "event-gateway healthcheck --ready failed against ready $name"
+  done
+  say "event-gateway healthcheck [--ready]: exit 0 against each live replica"
+else
+  say "note: $GATEWAY_BIN has no healthcheck subcommand; not checked"
+fi
 
 # --- nginx from the one template ----------------------------------------------------------
 lb_port="$(free_port)"
@@ -181,6 +196,12 @@ wait "${pid_of[$killed]}" || exit_rc=$?
 [ "$exit_rc" = 0 ] || fail "$killed exited with status $exit_rc after SIGTERM (want 0)"
 grep -q 'Draining' "$work/$killed.log" || say "note: no 'Draining' line in $killed.log"
 say "$killed exited with status 0 after SIGTERM"
+if [ "$has_healthcheck" = 1 ]; then
+  if "$GATEWAY_BIN" healthcheck --url "http://127.0.0.1:${port_of[$killed]}" >/dev/null 2>&1; then
+    fail "event-gateway healthcheck still succeeds against the stopped $killed"
+  fi
+  say "event-gateway healthcheck: non-zero against the stopped $killed"
+fi
 for name in "${replicas[@]}"; do
   [ "$name" = "$killed" ] && continue
   kill -0 "${pid_of[$name]}" 2>/dev/null || fail "$name died during the test"

@@ -212,7 +212,7 @@ def main():
     parser.add_argument("--events-before", type=int, default=10)
     parser.add_argument("--events-during", type=int, default=20)
     parser.add_argument("--events-after", type=int, default=10)
-    parser.add_argument("--publish-interval", type=float, default=0.05)
+    parser.add_argument("--publish-interval", type=float, default=0.02)
     parser.add_argument("--deadline", type=float, default=60, help="seconds for the whole scenario")
     parser.add_argument("--killed-file", required=True, help="where to write the SIGTERMed replica's name")
     parser.add_argument("--result", help="JSON summary written there")
