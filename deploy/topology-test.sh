@@ -34,8 +34,9 @@ if [ -z "${GATEWAY_BIN:-}" ]; then
     fi
   done
 fi
-[ -n "${GATEWAY_BIN:-}" ] && [ -x "$GATEWAY_BIN" ] \
-  || fail "no gateway binary: run 'cargo build --release' or set GATEWAY_BIN"
+if [ -z "${GATEWAY_BIN:-}" ] || [ ! -x "$GATEWAY_BIN" ]; then
+  fail "no gateway binary: run 'cargo build --release' or set GATEWAY_BIN"
+fi
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   if [ "$(id -u)" = 0 ]; then
     say "installing nginx-light (Debian)"
@@ -158,7 +159,7 @@ for name in "${replicas[@]}"; do upstreams+=("127.0.0.1:${port_of[$name]}"); don
 "$NGINX" -t -q -p "$work" -c "$work/nginx.conf" -e "$work/nginx-error.log" \
   || fail "nginx -t rejected the rendered configuration"
 "$NGINX" -p "$work" -c "$work/nginx.conf" -e "$work/nginx-error.log" -g 'daemon off;' \
-  >>"$work/nginx-error.log" 2>&1 &
+  >"$work/nginx-stdout.log" 2>&1 &
 nginx_pid=$!
 all_pids+=("$nginx_pid")
 wait_for 10 curl -fsS "http://127.0.0.1:$lb_port/lb-healthz" || fail "nginx did not start"
