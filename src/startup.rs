@@ -88,6 +88,8 @@ impl Application {
             ip_rate: RateLimiter::new(settings.limits.connect_rate_per_ip),
             shutdown: shutdown.clone(),
         });
+        // An idle stream then holds no 8 KiB read/write buffers: ~3.5 KB instead of ~12 KB.
+        actix_http::h1::set_release_idle_buffers(true);
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             // Runs once per worker, on the worker's thread: its connections form one shard.

@@ -43,6 +43,22 @@ const MAX_PIPELINED_MESSAGES: usize = 16;
 /// Write buffer capacity at which we reallocate it after flushing.
 const WRITE_BUFFER_RETENTION_LIMIT: usize = 1024 * 128;
 
+/// A new connection's buffer: allocated up front, or on first use when idle buffers are released.
+fn initial_buffer() -> BytesMut {
+    if super::release_idle_buffers() {
+        BytesMut::new()
+    } else {
+        BytesMut::with_capacity(HW_BUFFER_SIZE)
+    }
+}
+
+/// Gives an empty buffer's allocation back when idle buffers are released.
+fn release_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 0 && super::release_idle_buffers() {
+        *buf = BytesMut::new();
+    }
+}
+
 bitflags! {
     #[derive(Debug, Clone, Copy)]
     pub struct Flags: u8 {
@@ -304,8 +320,8 @@ where
                     graceful_shutdown: config.graceful_shutdown(),
 
                     io: Some(io),
-                    read_buf: BytesMut::with_capacity(HW_BUFFER_SIZE),
-                    write_buf: BytesMut::with_capacity(HW_BUFFER_SIZE),
+                    read_buf: initial_buffer(),
+                    write_buf: initial_buffer(),
                     h1_write_buffer_size: config.h1_write_buffer_size(),
                     write_buf_needs_reset: false,
                     codec: Codec::new(config),
@@ -398,7 +414,10 @@ where
         }
 
         // All bytes have been accepted by the I/O stream, so the buffer can be reused or released.
-        if *write_buf_needs_reset {
+        if super::release_idle_buffers() {
+            *write_buf = BytesMut::new();
+            *write_buf_needs_reset = false;
+        } else if *write_buf_needs_reset {
             *write_buf = BytesMut::with_capacity(HW_BUFFER_SIZE);
             *write_buf_needs_reset = false;
         } else {
@@ -1256,13 +1275,17 @@ where
                 }
 
                 Poll::Pending => {
+                    release_if_empty(this.read_buf);
                     return Ok(false);
                 }
 
                 Poll::Ready(Err(err)) => {
                     return match err.kind() {
                         // convert WouldBlock error to the same as Pending return
-                        io::ErrorKind::WouldBlock => Ok(false),
+                        io::ErrorKind::WouldBlock => {
+                            release_if_empty(this.read_buf);
+                            Ok(false)
+                        }
 
                         // connection reset after partial read
                         io::ErrorKind::ConnectionReset if read_some => Ok(true),
@@ -1376,6 +1399,11 @@ where
                     }
 
                     inner.as_mut().poll_request(cx)?;
+
+                    // The request head is decoded: a streaming response may now keep the
+                    // connection idle for hours, and this dispatcher will not read again
+                    // until the client sends something.
+                    release_if_empty(inner.as_mut().project().read_buf);
 
                     if should_disconnect {
                         // I/O stream should to be closed

@@ -15,6 +15,26 @@ mod timer;
 mod upgrade;
 mod utils;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether HTTP/1 dispatchers release their read and write buffers while a connection is idle.
+static RELEASE_IDLE_BUFFERS: AtomicBool = AtomicBool::new(false);
+
+/// Opt in to releasing each HTTP/1 connection's 8 KiB read and write buffers whenever they are
+/// empty, instead of keeping them for the connection's lifetime.
+///
+/// Long-lived streaming responses (Server-Sent Events, long polling) hold a connection for
+/// hours while writing little: with this set, an idle connection costs ~3.5 KB instead of
+/// ~12 KB. The price is one allocation per read and per flush. Off by default; set it once,
+/// before the server starts.
+pub fn set_release_idle_buffers(release: bool) {
+    RELEASE_IDLE_BUFFERS.store(release, Ordering::Relaxed);
+}
+
+pub(crate) fn release_idle_buffers() -> bool {
+    RELEASE_IDLE_BUFFERS.load(Ordering::Relaxed)
+}
+
 pub use self::{
     client::{ClientCodec, ClientPayloadCodec},
     codec::Codec,
