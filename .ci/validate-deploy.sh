@@ -102,6 +102,16 @@ echo "  nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), shellcheck $(shellcheck
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 helpers=(python "$root/.ci/validate_deploy_helpers.py")
+# The gateway binary (GATEWAY_BIN, else the newer of target/release and target/debug), for the
+# checks that run it; they are skipped, and say so, without one.
+gateway_bin="${GATEWAY_BIN:-}"
+if [ -z "$gateway_bin" ]; then
+  for candidate in target/release/event-gateway target/debug/event-gateway; do
+    if [ -x "$candidate" ] && { [ -z "$gateway_bin" ] || [ "$candidate" -nt "$gateway_bin" ]; }; then
+      gateway_bin="$root/$candidate"
+    fi
+  done
+fi
 
 # --- YAML -----------------------------------------------------------------------------------
 section "yamllint"
@@ -151,6 +161,45 @@ check "docker compose config (Compose v2 validation, no engine)" "$COMPOSE" -f d
 check "docker compose config --format json" sh -c "'$COMPOSE' -f docker-compose.yml config --format json >'$work/compose.json'"
 check "compose topology" "${helpers[@]}" compose-assert "$work/compose.json"
 
+# The demo publisher's command, run as its container would (its environment from the compose
+# file, Redis on loopback), against a replica with the compose replicas' environment; then the
+# README's stream request must replay what it published.
+compose_demo() {
+  local redis_port gw_log="$work/demo-gw.log" gw_pid redis_pid rc=1 port token stream
+  redis_port="$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no --dir "$work" \
+    --logfile "$work/demo-redis.log" --daemonize no & redis_pid=$!
+  "${helpers[@]}" compose-service-script "$work/compose.json" gw1 "$work/demo-gw1.sh" \
+    "GATEWAY__REDIS__URL=redis://127.0.0.1:$redis_port" GATEWAY__SERVER__HOST=127.0.0.1 GATEWAY__SERVER__PORT=0
+  # The image's command is `event-gateway serve` (the Dockerfile's ENTRYPOINT + CMD).
+  sed -i "s#^exec .*#exec '$gateway_bin' serve#" "$work/demo-gw1.sh"
+  (cd "$work" && exec "$work/demo-gw1.sh") >"$gw_log" 2>&1 & gw_pid=$!
+  for _ in $(seq 1 100); do grep -q 'listening on http://' "$gw_log" && break; sleep 0.1; done
+  port="$(grep -o 'listening on http://[^" ]*' "$gw_log" | head -n1 | sed 's/.*://')"
+  mkdir -p "$work/demo-bin" && ln -sf "$gateway_bin" "$work/demo-bin/event-gateway"
+  "${helpers[@]}" compose-service-script "$work/compose.json" demo-publisher "$work/demo-publisher.sh" \
+    "GATEWAY__REDIS__URL=redis://127.0.0.1:$redis_port" DEMO_EVENTS=3 DEMO_INTERVAL=0
+  if [ -n "$port" ] && (cd "$work" && PATH="$work/demo-bin:$PATH" "$work/demo-publisher.sh"); then
+    token="$(cd "$work" && GATEWAY__AUTH__JWT_SECRET="$(sed -n "s/^export GATEWAY__AUTH__JWT_SECRET='\(.*\)'$/\1/p" "$work/demo-gw1.sh")" \
+      "$gateway_bin" token --sub demo-user --role ops --org demo-org)"
+    stream="$(curl -sN --max-time 2 -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/events?since=0" || true)"
+    if [ "$(grep -c '^event: demo.tick' <<<"$stream")" = 3 ]; then
+      echo "curl -N .../api/events?since=0 replayed the 3 demo.tick events"; rc=0
+    else
+      echo "the stream did not replay 3 demo.tick events:"; echo "$stream" | head -20
+    fi
+  else
+    echo "the replica did not start or the demo publisher failed"; tail -5 "$gw_log"
+  fi
+  kill "$gw_pid" "$redis_pid" 2>/dev/null; wait "$gw_pid" "$redis_pid" 2>/dev/null
+  return $rc
+}
+if [ -n "$gateway_bin" ] && command -v redis-server >/dev/null 2>&1 && [ -s "$work/compose.json" ]; then
+  check "compose demo: demo-publisher's command + a gw1-configured replica + the README's curl" compose_demo
+else
+  echo "  (no gateway binary or redis-server: the compose demo was not run)"
+fi
+
 # --- nginx ----------------------------------------------------------------------------------
 section "nginx (deploy/nginx)"
 check "generated/compose.conf is the template's current rendering" \
@@ -187,14 +236,6 @@ section "Helm chart (charts/event-gateway)"
 chart=charts/event-gateway
 values_sets=("$chart"/ci/*.yaml)
 check "helm lint --strict (${#values_sets[@]} values sets)" "${helpers[@]}" chart-lint "$chart" "${values_sets[@]}"
-gateway_bin="${GATEWAY_BIN:-}"
-if [ -z "$gateway_bin" ]; then
-  for candidate in target/release/event-gateway target/debug/event-gateway; do
-    if [ -x "$candidate" ] && { [ -z "$gateway_bin" ] || [ "$candidate" -nt "$gateway_bin" ]; }; then
-      gateway_bin="$root/$candidate"
-    fi
-  done
-fi
 for values in "${values_sets[@]}"; do
   set_name="$(basename "$values" .yaml)"
   out="$work/manifests/$set_name"

@@ -6,6 +6,9 @@
   chart-must-fail CHART VALUES TEXT   rendering must fail with an error containing TEXT
   compose-assert COMPOSE_JSON         the topology the issue asks for, on `docker compose config`
   configmap-toml MANIFEST OUT         extracts config.toml from the rendered ConfigMap
+  compose-service-script COMPOSE_JSON SERVICE OUT [KEY=VALUE...]
+                                      a shell script running SERVICE's command with its
+                                      environment (overridden by KEY=VALUE), as the container would
 """
 
 import json
@@ -145,7 +148,29 @@ def configmap_toml(manifest_dir, out):
     return 1
 
 
+def shell_quote(value):
+    return "'" + str(value).replace("'", "'\\''") + "'"
+
+
+def compose_service_script(path, service, out, *overrides):
+    with open(path) as f:
+        definition = json.load(f)["services"][service]
+    environment = dict(definition.get("environment") or {})
+    environment.update(dict(item.split("=", 1) for item in overrides))
+    # `docker compose config` keeps the $$ escapes; the container sees a single $.
+    unescape = lambda text: text.replace("$$", "$")  # noqa: E731
+    argv = [unescape(a) for a in (definition.get("entrypoint") or []) + (definition.get("command") or [])]
+    lines = ["#!/bin/sh", "set -e"]
+    lines += [f"export {key}={shell_quote(value)}" for key, value in sorted(environment.items())]
+    lines.append("exec " + " ".join(shell_quote(a) for a in argv))
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(out, 0o755)
+    return 0
+
+
 COMMANDS = {
+    "compose-service-script": compose_service_script,
     "chart-lint": chart_lint,
     "chart-render": chart_render,
     "chart-must-fail": chart_must_fail,
