@@ -24,7 +24,7 @@ const FUNCTIONS_TEMPLATE: &str = include_str!("functions.lua");
 const LIBRARY: &str = "event_gateway";
 /// How often readiness is probed (and the Functions reloaded if Redis lost them).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct RedisBroker {
     pool: Pool,

@@ -1,0 +1,249 @@
+//! CONTRACT §6: durable history, resuming with Last-Event-ID, `since`, acknowledgement, and
+//! truncation.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::common::envelope::envelope;
+use crate::common::http::send;
+use crate::common::sse::SseClient;
+use crate::common::token::{ops, TokenBuilder};
+use crate::common::{eventually, spawn_app, spawn_app_with, TestApp};
+
+const ORG: &str = "org-1";
+const TICKET: &str = "ticket.created";
+
+fn ticket(label: &str) -> Value {
+    envelope(ORG, TICKET, label).into()
+}
+
+fn tickets(labels: &[&str]) -> Vec<Value> {
+    labels.iter().map(|label| ticket(label)).collect()
+}
+
+/// Opens a stream resuming after `last_event_id` (header) and reads up to `connected`.
+async fn resume(app: &TestApp, token: &str, last_event_id: &str) -> SseClient {
+    let request = app
+        .events_request("")
+        .bearer_auth(token)
+        .header("Last-Event-ID", last_event_id);
+    let mut client = SseClient::open(request).await;
+    client.expect_connected().await;
+    client
+}
+
+fn encode_query(pairs: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(pairs).expect("encoding a query string")
+}
+
+fn now_millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("system clock before 1970")
+        .as_millis()
+}
+
+/// Waits (polling, a few milliseconds) until the wall clock has passed `millis`.
+async fn clock_passes(millis: u128) {
+    eventually(Duration::from_secs(1), "the clock to advance", || async {
+        now_millis() > millis
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn last_event_id_replays_the_later_durable_events_then_continues_live() {
+    let app = spawn_app().await;
+    let ids = app.publish_durable(&tickets(&["e1", "e2", "e3"])).await;
+    let mut olivia = resume(&app, &ops("olivia", ORG), &ids[0]).await;
+    for (label, id) in [("e2", &ids[1]), ("e3", &ids[2])] {
+        let event = olivia.next_data_event().await;
+        assert_eq!(event.label(), label);
+        assert_eq!(event.id.as_ref(), Some(id));
+    }
+    let live_ids = app.publish_durable(&tickets(&["e4"])).await;
+    let event = olivia.next_data_event().await;
+    assert_eq!(event.label(), "e4");
+    assert_eq!(event.id.as_ref(), Some(&live_ids[0]));
+}
+
+#[tokio::test]
+async fn live_events_published_while_away_are_not_replayed() {
+    let app = spawn_app().await;
+    let first = app.publish_durable(&tickets(&["durable 1"])).await;
+    app.publish_live(ORG, ticket("live while away")).await;
+    app.publish_durable(&tickets(&["durable 2"])).await;
+    let mut olivia = resume(&app, &ops("olivia", ORG), &first[0]).await;
+    app.publish_live(ORG, ticket("control")).await;
+    assert_eq!(olivia.labels_until("control").await, ["durable 2"]);
+}
+
+#[tokio::test]
+async fn replay_and_live_meet_without_gap_or_duplicate() {
+    let app = spawn_app().await;
+    let labels: Vec<String> = (1..=20).map(|n| format!("e{n}")).collect();
+    let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let ids = app.publish_durable(&tickets(&label_refs)).await;
+    let request = app
+        .events_request("")
+        .bearer_auth(ops("olivia", ORG))
+        .header("Last-Event-ID", &ids[0]);
+    let mut olivia = SseClient::open(request).await;
+    // Published while the replay may still be running, before the client reads anything.
+    app.publish_durable(&tickets(&["e21", "e22", "e23", "e24", "e25"]))
+        .await;
+    app.publish_durable(&tickets(&["control"])).await;
+    olivia.expect_connected().await;
+    let expected: Vec<String> = (2..=25).map(|n| format!("e{n}")).collect();
+    assert_eq!(olivia.labels_until("control").await, expected);
+}
+
+#[tokio::test]
+async fn last_event_id_query_parameter_resumes_like_the_header() {
+    let app = spawn_app().await;
+    let ids = app.publish_durable(&tickets(&["e1", "e2"])).await;
+    let request = app
+        .events_request(&encode_query(&[("lastEventId", &ids[0])]))
+        .bearer_auth(ops("olivia", ORG));
+    let mut olivia = SseClient::open(request).await;
+    olivia.expect_connected().await;
+    let event = olivia.next_data_event().await;
+    assert_eq!(event.label(), "e2");
+    assert_eq!(event.id.as_ref(), Some(&ids[1]));
+}
+
+#[tokio::test]
+async fn last_event_id_header_wins_over_the_query_parameter() {
+    let app = spawn_app().await;
+    let ids = app.publish_durable(&tickets(&["e1", "e2", "e3"])).await;
+    let request = app
+        .events_request(&encode_query(&[("lastEventId", &ids[0])]))
+        .header("Last-Event-ID", &ids[1])
+        .bearer_auth(ops("olivia", ORG));
+    let mut olivia = SseClient::open(request).await;
+    olivia.expect_connected().await;
+    assert_eq!(olivia.next_data_event().await.label(), "e3");
+}
+
+#[tokio::test]
+async fn since_is_ignored_when_a_last_event_id_is_given() {
+    let app = spawn_app().await;
+    let ids = app.publish_durable(&tickets(&["e1", "e2", "e3"])).await;
+    let request = app
+        .events_request("since=0")
+        .header("Last-Event-ID", &ids[1])
+        .bearer_auth(ops("olivia", ORG));
+    let mut olivia = SseClient::open(request).await;
+    olivia.expect_connected().await;
+    assert_eq!(olivia.next_data_event().await.label(), "e3");
+}
+
+#[tokio::test]
+async fn replay_delivers_only_events_the_user_may_see() {
+    let app = spawn_app().await;
+    let for_tenant =
+        |label: &str, tenant: &str| -> Value { envelope(ORG, TICKET, label).tenant_id(tenant).into() };
+    let ids = app
+        .publish_durable(&[
+            for_tenant("alice 1", "alice"),
+            for_tenant("bob 1", "bob"),
+            for_tenant("alice 2", "alice"),
+            for_tenant("control", "alice"),
+        ])
+        .await;
+    let alice = TokenBuilder::new("alice", "tenant").org(ORG).sign();
+    let mut alice = resume(&app, &alice, &ids[0]).await;
+    assert_eq!(alice.labels_until("control").await, ["alice 2"]);
+}
+
+#[tokio::test]
+async fn one_last_event_id_resumes_across_orgs_in_id_order() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for (org, label) in [("org-a", "a1"), ("org-b", "b1"), ("org-a", "a2"), ("org-b", "b2")] {
+        ids.extend(app.publish_durable(&[envelope(org, TICKET, label).into()]).await);
+    }
+    let token = TokenBuilder::new("olivia", "ops")
+        .org("org-a")
+        .org("org-b")
+        .sign();
+    let mut olivia = resume(&app, &token, &ids[0]).await;
+    for (label, id) in [("b1", &ids[1]), ("a2", &ids[2]), ("b2", &ids[3])] {
+        let event = olivia.next_data_event().await;
+        assert_eq!(event.label(), label, "durable events arrive in id order");
+        assert_eq!(event.id.as_ref(), Some(id));
+    }
+}
+
+#[tokio::test]
+async fn since_epoch_milliseconds_replays_events_published_after_it() {
+    let app = spawn_app().await;
+    app.publish_durable(&tickets(&["before"])).await;
+    let since = now_millis() + 1;
+    clock_passes(since).await;
+    app.publish_durable(&tickets(&["after 1", "after 2", "control"]))
+        .await;
+    let mut olivia = app
+        .connect_ready(&ops("olivia", ORG), &format!("since={since}"))
+        .await;
+    assert_eq!(olivia.labels_until("control").await, ["after 1", "after 2"]);
+}
+
+#[tokio::test]
+async fn since_rfc3339_timestamp_replays_events_published_after_it() {
+    let app = spawn_app().await;
+    app.publish_durable(&tickets(&["before"])).await;
+    let since = now_millis() + 1;
+    clock_passes(since).await;
+    app.publish_durable(&tickets(&["after", "control"])).await;
+    let timestamp = OffsetDateTime::from_unix_timestamp_nanos(since as i128 * 1_000_000)
+        .expect("a valid timestamp")
+        .format(&Rfc3339)
+        .expect("formatting RFC 3339");
+    let request = app
+        .events_request(&encode_query(&[("since", &timestamp)]))
+        .bearer_auth(ops("olivia", ORG));
+    let mut olivia = SseClient::open(request).await;
+    olivia.expect_connected().await;
+    assert_eq!(olivia.labels_until("control").await, ["after"]);
+}
+
+#[tokio::test]
+async fn since_ack_replays_from_the_acknowledged_cursor() {
+    let app = spawn_app().await;
+    let ids = app
+        .publish_durable(&tickets(&["e1", "e2", "e3", "control"]))
+        .await;
+    let token = ops("olivia", ORG);
+    let ack = send(
+        app.http()
+            .post(app.url("/api/events/ack"))
+            .bearer_auth(&token)
+            .json(&json!({"lastEventId": ids[1]})),
+    )
+    .await;
+    assert_eq!(ack.status(), StatusCode::NO_CONTENT, "POST /api/events/ack");
+    let mut olivia = app.connect_ready(&token, "since=ack").await;
+    assert_eq!(olivia.labels_until("control").await, ["e3"]);
+}
+
+#[tokio::test]
+async fn id_older_than_retained_history_gets_history_truncated_before_the_rest() {
+    let app = spawn_app_with(|options| options.env("GATEWAY__HISTORY__MAX_EVENTS_PER_ORG", "3")).await;
+    let ids = app
+        .publish_durable(&tickets(&["e1", "e2", "e3", "e4", "e5"]))
+        .await;
+    let mut olivia = resume(&app, &ops("olivia", ORG), &ids[0]).await;
+    let truncated = olivia.next_data_event().await;
+    assert_eq!(truncated.event, "history.truncated", "got {truncated:?}");
+    assert_eq!(truncated.json(), json!({"oldestId": ids[2]}));
+    for (label, id) in [("e3", &ids[2]), ("e4", &ids[3]), ("e5", &ids[4])] {
+        let event = olivia.next_data_event().await;
+        assert_eq!(event.label(), label);
+        assert_eq!(event.id.as_ref(), Some(id));
+    }
+}

@@ -1,0 +1,67 @@
+//! CONTRACT §7, limits: streams per replica (503), per user (429), and connection rate (429),
+//! each answered with `Retry-After` and a JSON error.
+
+use reqwest::header::RETRY_AFTER;
+use reqwest::{Response, StatusCode};
+
+use crate::common::http::{assert_error_status, send};
+use crate::common::spawn_app_with;
+use crate::common::token::ops;
+
+const ORG: &str = "org-1";
+
+async fn assert_refused_with_retry_after(response: Response, status: StatusCode) {
+    assert_eq!(response.status(), status);
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        retry_after.parse::<u64>().is_ok(),
+        "a {status} must carry Retry-After in seconds, got {retry_after:?}"
+    );
+    assert_error_status(response, status).await;
+}
+
+#[tokio::test]
+async fn stream_beyond_max_connections_is_503_with_retry_after() {
+    let app = spawn_app_with(|options| options.env("GATEWAY__LIMITS__MAX_CONNECTIONS", "2")).await;
+    let _first = app.connect_ready(&ops("user-1", ORG), "").await;
+    let _second = app.connect_ready(&ops("user-2", ORG), "").await;
+    let third = send(app.events_request("").bearer_auth(ops("user-3", ORG))).await;
+    assert_refused_with_retry_after(third, StatusCode::SERVICE_UNAVAILABLE).await;
+}
+
+#[tokio::test]
+async fn stream_beyond_max_connections_per_user_is_429_with_retry_after() {
+    let app = spawn_app_with(|options| options.env("GATEWAY__LIMITS__MAX_CONNECTIONS_PER_USER", "2")).await;
+    let token = ops("olivia", ORG);
+    let _first = app.connect_ready(&token, "").await;
+    let _second = app.connect_ready(&token, "").await;
+    let third = send(app.events_request("").bearer_auth(&token)).await;
+    assert_refused_with_retry_after(third, StatusCode::TOO_MANY_REQUESTS).await;
+    let _other_user = app.connect_ready(&ops("oscar", ORG), "").await;
+}
+
+#[tokio::test]
+async fn connection_attempts_beyond_connect_rate_per_user_are_429() {
+    let app = spawn_app_with(|options| options.env("GATEWAY__LIMITS__CONNECT_RATE_PER_USER", "2")).await;
+    let token = ops("olivia", ORG);
+    let mut statuses = Vec::new();
+    let mut open = Vec::new();
+    for _ in 0..6 {
+        let response = send(app.events_request("").bearer_auth(&token)).await;
+        statuses.push(response.status());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_refused_with_retry_after(response, StatusCode::TOO_MANY_REQUESTS).await;
+        } else {
+            open.push(response);
+        }
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "6 attempts in a burst with connect_rate_per_user = 2 must be limited: {statuses:?}"
+    );
+}

@@ -1,0 +1,19 @@
+//! Integration tests for event-gateway: the real binary against a private `redis-server` (or its
+//! embedded broker), driven over HTTP and read through a third-party SSE parser. Each module
+//! covers one area of CONTRACT.md and reads as its specification.
+
+mod common;
+
+mod auth;
+mod embedded;
+mod health;
+mod history;
+mod limits;
+mod policy;
+mod publish;
+mod replicas;
+mod resilience;
+mod shutdown;
+mod slow_clients;
+mod startup;
+mod stream;
