@@ -68,10 +68,12 @@ pub struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.counts.remove(&self.user);
-        if let Some((pool, replica_id)) = self.redis.take() {
+        // Outside a runtime (process teardown) the heartbeat's expiry does the cleanup.
+        let runtime = tokio::runtime::Handle::try_current();
+        if let (Some((pool, replica_id)), Ok(runtime)) = (self.redis.take(), runtime) {
             let field = format!("u:{}", self.user);
             let key = replica_key(&replica_id);
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 if let Ok(mut connection) = pool.get().await {
                     let _ = redis::cmd("HINCRBY")
                         .arg(&key)
