@@ -37,6 +37,8 @@ fi
 if [ -z "${GATEWAY_BIN:-}" ] || [ ! -x "$GATEWAY_BIN" ]; then
   fail "no gateway binary: run 'cargo build --release' or set GATEWAY_BIN"
 fi
+# Absolute: the replicas run in the temp dir.
+GATEWAY_BIN="$(cd "$(dirname "$GATEWAY_BIN")" && pwd)/$(basename "$GATEWAY_BIN")"
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   if [ "$(id -u)" = 0 ]; then
     say "installing nginx-light (Debian)"
