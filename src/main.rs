@@ -117,7 +117,11 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(publish(settings, org, event_type, data, durable, url, token))
         }
         Command::Healthcheck { url, ready } => {
-            let base = url.unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.server.port));
+            let host = match settings.server.host.as_str() {
+                "0.0.0.0" | "::" => "127.0.0.1",
+                host => host,
+            };
+            let base = url.unwrap_or_else(|| format!("http://{host}:{}", settings.server.port));
             let path = if ready { "/readyz" } else { "/healthz" };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
