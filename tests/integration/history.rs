@@ -1,18 +1,27 @@
 //! CONTRACT §6: durable history, resuming with Last-Event-ID, `since`, acknowledgement, and
 //! truncation.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::join_all;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::common::envelope::envelope;
+use crate::common::gateway::{spawn_gateway, GatewayOptions};
 use crate::common::http::send;
+use crate::common::redis_server::RedisServer;
 use crate::common::sse::SseClient;
 use crate::common::token::{ops, TokenBuilder};
-use crate::common::{eventually, spawn_app, spawn_app_with, TestApp};
+use crate::common::{
+    assert_exactly_once_in_order, assert_ids_increase, eventually, spawn_app, spawn_app_with, within, TestApp,
+};
 
 const ORG: &str = "org-1";
 const TICKET: &str = "ticket.created";
@@ -246,4 +255,200 @@ async fn id_older_than_retained_history_gets_history_truncated_before_the_rest()
         assert_eq!(event.label(), label);
         assert_eq!(event.id.as_ref(), Some(id));
     }
+}
+
+/// Reads data events up to the one labelled `control` and returns the ids before it, failing
+/// on any event that is not a durable ticket.
+async fn ids_until_control(client: &mut SseClient, who: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    loop {
+        let event = client.next_data_event().await;
+        assert_eq!(
+            event.event,
+            TICKET,
+            "{who}: unexpected event after {} ids: {event:?}",
+            ids.len()
+        );
+        if event.label() == "control" {
+            return ids;
+        }
+        let id = event
+            .id
+            .unwrap_or_else(|| panic!("{who}: a durable event without an id after {} ids", ids.len()));
+        ids.push(id);
+    }
+}
+
+#[tokio::test]
+async fn user_in_two_orgs_resumes_interleaved_events_in_id_order() {
+    let app = spawn_app().await;
+    let token = TokenBuilder::new("olivia", "ops")
+        .org("org-a")
+        .org("org-b")
+        .sign();
+    // One POST per phase, orgs alternating: many of these share a millisecond, which per-org
+    // stream ids alone could not order.
+    let interleaved = |phase: &str| -> Vec<Value> {
+        (0..10)
+            .map(|n| {
+                let org = if n % 2 == 0 { "org-a" } else { "org-b" };
+                envelope(org, TICKET, &format!("{phase} {org} {n}")).into()
+            })
+            .collect()
+    };
+    let mut olivia = app.connect_ready(&token, "").await;
+    let first = app.publish_durable(&interleaved("first")).await;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(
+            olivia
+                .next_data_event()
+                .await
+                .id
+                .expect("a durable event has an id"),
+        );
+    }
+    assert_exactly_once_in_order("olivia before disconnecting", &seen, &first[..5]);
+    drop(olivia);
+
+    let second = app.publish_durable(&interleaved("second")).await;
+    let expected: Vec<String> = first[5..].iter().chain(&second).cloned().collect();
+    assert_ids_increase(&first.iter().chain(&second).cloned().collect::<Vec<_>>());
+    let mut olivia = resume(&app, &token, &seen[4]).await;
+    app.publish_live("org-b", envelope("org-b", TICKET, "control"))
+        .await;
+    let received = ids_until_control(&mut olivia, "olivia after resuming").await;
+    assert_exactly_once_in_order("olivia after resuming across two orgs", &received, &expected);
+}
+
+/// What one client of the reconnect storm saw.
+struct StormClient {
+    number: usize,
+    /// Durable events it read before dropping its stream.
+    dropped_after: usize,
+    /// Whether it reconnected before the publisher had finished.
+    resumed_while_publishing: bool,
+    /// Every durable id it received, over both streams, in arrival order.
+    ids: Vec<String>,
+}
+
+#[tokio::test]
+async fn reconnect_storm_delivers_every_durable_event_exactly_once() {
+    const CLIENTS: usize = 200;
+    const EVENTS: usize = 300;
+    /// Ten events every 100 ms: about three seconds of publishing.
+    const BATCH: usize = 10;
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let redis = RedisServer::start().await;
+    let configure = |name: &str| {
+        GatewayOptions::new(&redis)
+            .replica_name(name)
+            .env("GATEWAY__LIMITS__CONNECT_RATE_PER_IP", "100000")
+            .env("GATEWAY__LIMITS__CONNECT_RATE_PER_USER", "100000")
+    };
+    let (a, b) = tokio::join!(
+        spawn_gateway(configure("storm-a")),
+        spawn_gateway(configure("storm-b"))
+    );
+    let urls = [a.url("/api/events"), b.url("/api/events")];
+    let http = a.http().clone();
+
+    // Everyone is connected before the first event, half on each replica.
+    let opened = join_all((0..CLIENTS).map(|number| {
+        let request = http
+            .get(&urls[number % 2])
+            .bearer_auth(ops(&format!("user-{number}"), ORG));
+        async move {
+            let mut client = SseClient::open(request).await;
+            client.expect_connected().await;
+            client
+        }
+    }));
+    let opened = within(Duration::from_secs(20), "200 streams to open", opened).await;
+
+    let publishing = Arc::new(AtomicBool::new(true));
+    let mut tasks = Vec::new();
+    for (number, mut client) in opened.into_iter().enumerate() {
+        let dropped_after = rng.random_range(1..=250);
+        let away = Duration::from_millis(rng.random_range(0..300));
+        let resume_url = urls[(number + 1) % 2].clone();
+        let http = http.clone();
+        let publishing = publishing.clone();
+        tasks.push(tokio::spawn(async move {
+            let who = format!("client {number}");
+            let mut ids = Vec::new();
+            while ids.len() < dropped_after {
+                let event = client.next_data_event().await;
+                assert_eq!(event.event, TICKET, "{who} before dropping: {event:?}");
+                ids.push(
+                    event
+                        .id
+                        .unwrap_or_else(|| panic!("{who}: a durable event without id")),
+                );
+            }
+            drop(client);
+            // Away from the stream while publishing goes on.
+            tokio::time::sleep(away).await;
+            let resumed_while_publishing = publishing.load(Ordering::SeqCst);
+            let last_event_id = ids.last().expect("at least one id").clone();
+            let request = http
+                .get(&resume_url)
+                .bearer_auth(ops(&format!("user-{number}"), ORG))
+                .header("Last-Event-ID", last_event_id);
+            let mut client = SseClient::open(request).await;
+            client.expect_connected().await;
+            ids.extend(ids_until_control(&mut client, &who).await);
+            StormClient {
+                number,
+                dropped_after,
+                resumed_while_publishing,
+                ids,
+            }
+        }));
+    }
+
+    let mut published = Vec::with_capacity(EVENTS);
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    for start in (0..EVENTS).step_by(BATCH) {
+        pace.tick().await;
+        let batch: Vec<Value> = (start..start + BATCH).map(|n| ticket(&format!("e{n}"))).collect();
+        // Through both replicas in turn, as a load-balanced publisher would.
+        let through = if (start / BATCH).is_multiple_of(2) { &a } else { &b };
+        published.extend(through.publish_durable(&batch).await);
+    }
+    publishing.store(false, Ordering::SeqCst);
+    a.publish_durable(&tickets(&["control"])).await;
+    assert_ids_increase(&published);
+
+    let clients = within(
+        Duration::from_secs(30),
+        "every client of the storm to reach the control event",
+        join_all(tasks),
+    )
+    .await;
+    let clients: Vec<StormClient> = clients
+        .into_iter()
+        .map(|client| client.expect("a storm client panicked"))
+        .collect();
+    for client in &clients {
+        assert_exactly_once_in_order(
+            &format!(
+                "client {} (dropped after {} events, seed {seed})",
+                client.number, client.dropped_after
+            ),
+            &client.ids,
+            &published,
+        );
+    }
+    let during = clients
+        .iter()
+        .filter(|client| client.resumed_while_publishing)
+        .count();
+    assert!(
+        during >= CLIENTS / 2,
+        "only {during} of {CLIENTS} clients reconnected while publishing went on (seed {seed}); \
+         the storm did not overlap the publisher"
+    );
 }

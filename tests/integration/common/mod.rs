@@ -77,3 +77,76 @@ pub async fn spawn_app_with(
     let gateway = gateway::spawn_gateway(configure(gateway::GatewayOptions::new(&redis))).await;
     TestApp { gateway, redis }
 }
+
+/// Asserts that `received` is exactly `expected`: every id once, in the same order. On failure
+/// it says how many arrived, which are missing, which came twice, and where the order first
+/// went wrong, prefixed by `who`.
+pub fn assert_exactly_once_in_order(who: &str, received: &[String], expected: &[String]) {
+    if received == expected {
+        return;
+    }
+    let mut seen = std::collections::HashMap::new();
+    for id in received {
+        *seen.entry(id.as_str()).or_insert(0usize) += 1;
+    }
+    let missing: Vec<&str> = expected
+        .iter()
+        .map(String::as_str)
+        .filter(|id| !seen.contains_key(id))
+        .collect();
+    let duplicated: Vec<&str> = seen
+        .iter()
+        .filter(|(_, count)| **count > 1)
+        .map(|(id, _)| *id)
+        .collect();
+    let wanted: std::collections::HashSet<&str> = expected.iter().map(String::as_str).collect();
+    let unexpected: Vec<&str> = received
+        .iter()
+        .map(String::as_str)
+        .filter(|id| !wanted.contains(id))
+        .collect();
+    let first_difference = received
+        .iter()
+        .zip(expected)
+        .position(|(got, want)| got != want)
+        .unwrap_or(received.len().min(expected.len()));
+    panic!(
+        "{who}: received {} events, expected {}; {} missing (first: {:?}), {} duplicated \
+         (first: {:?}), {} unexpected (first: {:?}); first difference at position \
+         {first_difference}: got {:?}, expected {:?}",
+        received.len(),
+        expected.len(),
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        duplicated.len(),
+        duplicated.iter().take(5).collect::<Vec<_>>(),
+        unexpected.len(),
+        unexpected.iter().take(5).collect::<Vec<_>>(),
+        received.get(first_difference),
+        expected.get(first_difference),
+    );
+}
+
+/// An event id `<ms>-<seq>` as a sortable pair, for asserting that ids increase.
+pub fn id_order(id: &str) -> (u64, u64) {
+    let parse = || {
+        let (millis, seq) = id.split_once('-')?;
+        Some((millis.parse().ok()?, seq.parse().ok()?))
+    };
+    parse().unwrap_or_else(|| panic!("event id {id:?} is not <ms>-<seq>"))
+}
+
+/// Asserts that `ids` (in publish order) strictly increase, as the contract's total order says.
+pub fn assert_ids_increase(ids: &[String]) {
+    if let Some(pair) = ids
+        .windows(2)
+        .find(|pair| id_order(&pair[0]) >= id_order(&pair[1]))
+    {
+        panic!(
+            "ids must strictly increase in publish order, but {} came before {} ({} ids)",
+            pair[0],
+            pair[1],
+            ids.len()
+        );
+    }
+}
