@@ -149,3 +149,48 @@ async fn per_user_connection_limit_holds_across_replicas() {
     );
     crate::common::http::assert_error_status(third, StatusCode::TOO_MANY_REQUESTS).await;
 }
+
+#[tokio::test]
+async fn replica_killed_with_sigkill_stops_being_counted_after_the_ttl() {
+    let redis = RedisServer::start().await;
+    let (a, mut b) = two_replicas(&redis, |options| options).await;
+    let _on_a = a.connect_ready(&ops("olivia", ORG), "").await;
+    let _on_b = [
+        b.connect_ready(&ops("oscar", ORG), "").await,
+        b.connect_ready(&ops("owen", ORG), "").await,
+    ];
+    let caller = ops("auditor", ORG);
+    eventually(
+        Duration::from_secs(10),
+        "GET /api/connections reports 1 stream on replica-a and 2 on replica-b",
+        || async {
+            let report = connections(&a, &caller).await;
+            report["total"] == 3
+                && connections_of(&report, "replica-a") == Some(1)
+                && connections_of(&report, "replica-b") == Some(2)
+        },
+    )
+    .await;
+
+    b.kill_hard().await;
+    let killed = tokio::time::Instant::now();
+    // The dead replica's entries outlive its last heartbeat by the TTL (15 s) at most.
+    eventually(
+        Duration::from_secs(25),
+        "GET /api/connections on the survivor to stop counting the SIGKILLed replica-b",
+        || async {
+            let report = connections(&a, &caller).await;
+            report["total"] == 1
+                && connections_of(&report, "replica-a") == Some(1)
+                && connections_of(&report, "replica-b").is_none()
+        },
+    )
+    .await;
+    let report = connections(&a, &caller).await;
+    assert_eq!(
+        report["byRole"]["ops"],
+        1,
+        "{report} ({:?} after SIGKILL)",
+        killed.elapsed()
+    );
+}

@@ -496,6 +496,14 @@ impl Gateway {
         assert!(status.success(), "kill -TERM {pid} failed");
     }
 
+    /// Kills the gateway with SIGKILL, as a crash or an OOM kill would: no drain, no clean-up
+    /// of what it registered in Redis. Waits until the process is gone.
+    pub async fn kill_hard(&mut self) {
+        within(STEP_TIMEOUT, "the gateway to die of SIGKILL", self.process.kill())
+            .await
+            .expect("sending SIGKILL to the gateway");
+    }
+
     /// Waits for the process to exit and returns its status.
     pub async fn wait_for_exit(&mut self, limit: Duration) -> ExitStatus {
         let exit = tokio::time::timeout(limit, self.process.wait()).await;
