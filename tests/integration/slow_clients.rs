@@ -1,21 +1,26 @@
 //! CONTRACT §7, slow clients: a client that stops reading is cut off once its bounded queue is
 //! full, the others are not delayed, and the cut-off client recovers from history.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use crate::common::envelope::envelope;
 use crate::common::sse::SseClient;
 use crate::common::token::ops;
-use crate::common::{spawn_app_with, within, TestApp};
+use crate::common::{eventually, spawn_app_with, within, TestApp, STEP_TIMEOUT};
 
 const ORG: &str = "org-1";
 /// Events per POST: small bodies, so publishing itself is never the bottleneck.
 const BATCH: usize = 5;
 /// Bounds the flood: 1,000 events of 60 kB, far beyond any socket buffer and queue.
 const MAX_EVENTS: usize = 1000;
+/// How long a reading client may take to receive a batch while another client stalls.
+const PROMPTLY: Duration = Duration::from_secs(2);
 
 fn big_event(n: usize) -> Value {
     envelope(ORG, "document.uploaded", &format!("event-{n}"))
@@ -24,20 +29,27 @@ fn big_event(n: usize) -> Value {
 }
 
 /// What a flood left behind.
-struct Flood {
+struct Flood<Slow> {
     /// Durable events published, in order, by id.
     ids: Vec<String>,
     /// The client that never read while the flood went on.
-    slow: SseClient,
+    slow: Slow,
     /// How many events the reading client received, in order, before the control event.
     fast_received: usize,
+    /// The longest the reading client took to catch up with a batch.
+    slowest_catch_up: Duration,
 }
 
-/// Opens a client that stops reading and one that keeps reading, then publishes durable 60 kB
-/// events in batches, each batch once the reading client has caught up, until the gateway
-/// reports a slow-consumer disconnect. Finishes with a control event.
-async fn flood_until_a_slow_client_is_cut(app: &TestApp) -> Flood {
+/// Opens a client that stops reading after `connected` and floods it beside a reading client.
+async fn flood_until_a_slow_client_is_cut(app: &TestApp) -> Flood<SseClient> {
     let slow = app.connect_ready(&ops("slow", ORG), "").await;
+    flood_beside(app, slow).await
+}
+
+/// Opens a client that keeps reading beside `slow`, which never reads, then publishes durable
+/// 60 kB events in batches, each batch once the reading client has caught up, until the
+/// gateway reports a slow-consumer disconnect. Finishes with a control event.
+async fn flood_beside<Slow>(app: &TestApp, slow: Slow) -> Flood<Slow> {
     let mut fast = app.connect_ready(&ops("fast", ORG), "").await;
     let (progress_sender, mut progress) = watch::channel(0usize);
     let reader = tokio::spawn(async move {
@@ -58,6 +70,7 @@ async fn flood_until_a_slow_client_is_cut(app: &TestApp) -> Flood {
     });
 
     let mut ids = Vec::new();
+    let mut slowest_catch_up = Duration::ZERO;
     while app.metric_total("gateway_slow_consumer_disconnects_total").await < 1.0 {
         assert!(
             ids.len() < MAX_EVENTS,
@@ -65,6 +78,7 @@ async fn flood_until_a_slow_client_is_cut(app: &TestApp) -> Flood {
             ids.len()
         );
         let batch: Vec<Value> = (ids.len()..ids.len() + BATCH).map(big_event).collect();
+        let started = tokio::time::Instant::now();
         ids.extend(app.publish_durable(&batch).await);
         let published = ids.len();
         within(
@@ -74,6 +88,7 @@ async fn flood_until_a_slow_client_is_cut(app: &TestApp) -> Flood {
         )
         .await
         .expect("the reading client's task ended early");
+        slowest_catch_up = slowest_catch_up.max(started.elapsed());
     }
     app.publish_durable(&[envelope(ORG, "document.uploaded", "control").into()])
         .await;
@@ -84,6 +99,7 @@ async fn flood_until_a_slow_client_is_cut(app: &TestApp) -> Flood {
         ids,
         slow,
         fast_received,
+        slowest_catch_up,
     }
 }
 
@@ -144,4 +160,92 @@ async fn cut_off_client_resumes_from_history_without_missing_anything() {
         assert_eq!(event.id.as_ref(), Some(id), "resume must continue without gaps");
     }
     assert_eq!(resumed.next_data_event().await.label(), "control");
+}
+
+/// Sends `GET /api/events` over a bare TCP socket with a small receive buffer and then never
+/// reads a byte, as a stuck client or a dead peer behind a proxy would.
+async fn raw_stream_that_never_reads(app: &TestApp, token: &str) -> TcpStream {
+    let address: SocketAddr = app
+        .base_url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the gateway listens on IP:PORT");
+    let socket = TcpSocket::new_v4().expect("creating a TCP socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("shrinking the receive buffer");
+    let mut stream = within(STEP_TIMEOUT, "a TCP connection", socket.connect(address))
+        .await
+        .expect("connecting to the gateway");
+    let request = format!(
+        "GET /api/events HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Accept: text/event-stream\r\n\r\n"
+    );
+    within(
+        STEP_TIMEOUT,
+        "sending the request",
+        stream.write_all(request.as_bytes()),
+    )
+    .await
+    .expect("sending the request");
+    stream
+}
+
+/// Reads whatever the gateway managed to send before it closed the connection.
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    within(
+        Duration::from_secs(10),
+        "the gateway to close the raw stream",
+        read_all,
+    )
+    .await;
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test]
+async fn raw_tcp_client_that_never_reads_is_cut_while_a_normal_client_keeps_receiving() {
+    let app = spawn_app_with_small_queues().await;
+    let raw = raw_stream_that_never_reads(&app, &ops("stuck", ORG)).await;
+    eventually(
+        STEP_TIMEOUT,
+        "the gateway to count the raw client's stream",
+        || async { app.metric_total("gateway_connections").await == 1.0 },
+    )
+    .await;
+
+    let mut flood = flood_beside(&app, raw).await;
+    assert_eq!(
+        flood.fast_received,
+        flood.ids.len(),
+        "the reading client got every event"
+    );
+    assert!(
+        flood.slowest_catch_up < PROMPTLY,
+        "the reading client needed up to {:?} to catch up with a batch of {BATCH} events \
+         ({} events published)",
+        flood.slowest_catch_up,
+        flood.ids.len()
+    );
+
+    let received = read_until_closed(&mut flood.slow).await;
+    assert!(
+        received.starts_with("HTTP/1.1 200"),
+        "the raw client's stream was accepted: {:?}",
+        &received[..received.len().min(200)]
+    );
+    let events = received.matches("\nid: ").count();
+    assert!(
+        events < flood.ids.len(),
+        "the raw client was sent all {events} events instead of being cut off"
+    );
 }
