@@ -2,7 +2,7 @@
 //! and the process exits with status 0 within `server.shutdown_timeout_secs`.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::spawn_app_with;
 use crate::common::sse::SseClient;
@@ -72,4 +72,38 @@ async fn drain_retry_is_drawn_per_stream() {
         "six streams all got the same drain retry: {retries:?}"
     );
     app.wait_for_exit(Duration::from_secs(8)).await;
+}
+
+#[tokio::test]
+async fn sigterm_with_open_streams_exits_within_the_shutdown_timeout() {
+    const STREAMS: usize = 50;
+    /// `GATEWAY__SERVER__SHUTDOWN_TIMEOUT_SECS` in `spawn_drainable_app`.
+    const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Process exit and reaping on a loaded two-core machine.
+    const MARGIN: Duration = Duration::from_millis(1500);
+    let mut app = spawn_drainable_app().await;
+    let mut clients = Vec::with_capacity(STREAMS);
+    for n in 0..STREAMS {
+        clients.push(app.connect_ready(&ops(&format!("user-{n}"), ORG), "").await);
+    }
+    // None of the clients reads while the gateway drains.
+    let terminated = Instant::now();
+    app.terminate();
+    let status = app.wait_for_exit(SHUTDOWN_TIMEOUT + MARGIN).await;
+    let took = terminated.elapsed();
+    assert!(
+        status.success(),
+        "exit status after SIGTERM with {STREAMS} open streams: {status}"
+    );
+    assert!(
+        took <= SHUTDOWN_TIMEOUT + MARGIN,
+        "exited {took:?} after SIGTERM with {STREAMS} open streams"
+    );
+    for (n, client) in clients.iter_mut().enumerate() {
+        let retry = drain_retry(client).await;
+        assert!(
+            (1000..=10000).contains(&retry),
+            "stream {n}: drain retry {retry} ms outside [1000, 10000]"
+        );
+    }
 }
