@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Runs the scenarios of BENCHMARKS.md against a fresh private redis-server and a fresh server
+# (event-gateway, or nginx + Nchan) per run, one run at a time, and appends each run's
+# BENCH_JSON line to bench/results/<scenario>.jsonl (full output in <scenario>.log).
+#
+#   cargo build --release --bin event-gateway --bin event-gateway-bench
+#   bench/run.sh fanout50            # 3 runs (RUNS=3)
+#   RUNS=1 bench/run.sh idle10k nchan-idle10k
+#   bench/summarize.py bench/results/*.jsonl
+#
+# Scenarios: idle10k fanout50 fanout200 fanout800 filtered durable50 durable200 durable-filtered
+#            http50 and nchan-<same> for idle10k fanout50 fanout200 fanout800 filtered.
+# Never touches a shared Redis: each run starts its own redis-server on a free port. The server
+# processes measured are found from the listening port (the gateway; nginx master + workers).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN_DIR=${BIN_DIR:-$ROOT/target/release}
+RUNS=${RUNS:-3}
+OUT=${OUT:-$ROOT/bench/results}
+# Extra arguments for every bench run, e.g. BENCH_ARGS="--threads 2 --mode shards".
+BENCH_ARGS=${BENCH_ARGS:-}
+SECRET=bench-secret-not-for-production-0123456789
+mkdir -p "$OUT"
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_for() { # wait_for <seconds> <command...>
+    local deadline=$((SECONDS + $1)); shift
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS > deadline)); then echo "timed out waiting for: $*" >&2; return 1; fi
+        sleep 0.1
+    done
+}
+
+start_redis() {
+    REDIS_PORT=$(free_port)
+    REDIS_DIR=$(mktemp -d /tmp/egb-redis.XXXXXX)
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$REDIS_DIR" \
+        --daemonize yes --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log"
+    wait_for 10 redis-cli -p "$REDIS_PORT" ping
+    wait_for 5 test -s "$REDIS_DIR/redis.pid"
+    REDIS_PID=$(cat "$REDIS_DIR/redis.pid")
+}
+
+stop_redis() {
+    kill "$REDIS_PID" 2>/dev/null || true
+    wait_for 10 sh -c "! kill -0 $REDIS_PID"
+    rm -rf "$REDIS_DIR"
+}
+
+start_gateway() {
+    SERVER_PORT=$(free_port)
+    GATEWAY_LOG=$(mktemp /tmp/egb-gateway.XXXXXX.log)
+    GATEWAY__SERVER__HOST=127.0.0.1 GATEWAY__SERVER__PORT=$SERVER_PORT \
+        GATEWAY__AUTH__JWT_SECRET=$SECRET GATEWAY__REDIS__URL=redis://127.0.0.1:$REDIS_PORT \
+        GATEWAY__LOG__FORMAT=json GATEWAY__LOG__LEVEL=warn \
+        "$BIN_DIR/event-gateway" serve >"$GATEWAY_LOG" 2>&1 &
+    SERVER_PID=$!
+    wait_for 20 curl -sf "http://127.0.0.1:$SERVER_PORT/readyz"
+}
+
+stop_gateway() {
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    rm -f "$GATEWAY_LOG"
+}
+
+start_nchan() {
+    SERVER_PORT=$(free_port)
+    NCHAN_DIR=$(mktemp -d /tmp/egb-nchan.XXXXXX)
+    mkdir -p "$NCHAN_DIR/tmp"
+    sed -e "s|@PORT@|$SERVER_PORT|" -e "s|@REDIS_URL@|redis://127.0.0.1:$REDIS_PORT|" \
+        "$ROOT/bench/nchan/nginx.conf.template" >"$NCHAN_DIR/nginx.conf"
+    nginx -p "$NCHAN_DIR" -c "$NCHAN_DIR/nginx.conf"
+    wait_for 10 test -s "$NCHAN_DIR/nginx.pid"
+    wait_for 10 curl -s -o /dev/null "http://127.0.0.1:$SERVER_PORT/"
+    SERVER_PID=$(cat "$NCHAN_DIR/nginx.pid")
+}
+
+stop_nchan() {
+    kill -QUIT "$SERVER_PID" 2>/dev/null || true
+    wait_for 15 sh -c "! kill -0 $SERVER_PID"
+    rm -rf "$NCHAN_DIR"
+}
+
+# The arguments of each scenario (the server's own flags are added by run_one).
+scenario_args() {
+    case "$1" in
+        idle10k) echo "-n 10000 --ramp 2000 --max-inflight 512 --settle 3" ;;
+        fanout50) echo "-n 2000 --orgs 1 --roles ops --rate 50 --duration 20" ;;
+        fanout200) echo "-n 2000 --orgs 1 --roles ops --rate 200 --duration 20" ;;
+        fanout800) echo "-n 2000 --orgs 1 --roles ops --rate 800 --duration 15" ;;
+        filtered) echo "-n 2000 --orgs 100 --roles mixed --rate 1000 --duration 20" ;;
+        durable50) echo "-n 2000 --orgs 1 --roles ops --rate 50 --duration 20 --via function" ;;
+        durable200) echo "-n 2000 --orgs 1 --roles ops --rate 200 --duration 20 --via function" ;;
+        durable-filtered) echo "-n 2000 --orgs 100 --roles mixed --rate 1000 --duration 20 --via function" ;;
+        http50) echo "-n 2000 --orgs 1 --roles ops --rate 50 --duration 20 --via http" ;;
+        *) echo "unknown scenario $1" >&2; return 1 ;;
+    esac
+}
+
+run_one() { # run_one <scenario> <run number>
+    local scenario=$1 run=$2 base=${1#nchan-} args
+    args=$(scenario_args "$base")
+    start_redis
+    if [[ $scenario == nchan-* ]]; then
+        start_nchan
+        args="$args --target nchan --via nchan"
+    else
+        start_gateway
+        args="$args --secret $SECRET"
+    fi
+    echo "### $scenario run $run: $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/$scenario.log"
+    # shellcheck disable=SC2086
+    "$BIN_DIR/event-gateway-bench" --url "http://127.0.0.1:$SERVER_PORT" \
+        --redis-url "redis://127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID" \
+        --label "$scenario#$run" $args $BENCH_ARGS 2>&1 | tee -a "$OUT/$scenario.log" |
+        grep '^BENCH_JSON ' | sed 's/^BENCH_JSON //' >>"$OUT/$scenario.jsonl" || true
+    if [[ $scenario == nchan-* ]]; then stop_nchan; else stop_gateway; fi
+    stop_redis
+}
+
+for scenario in "$@"; do
+    for run in $(seq 1 "$RUNS"); do
+        run_one "$scenario" "$run"
+    done
+done

@@ -1,0 +1,337 @@
+//! The run's figures: one human table and one `BENCH_JSON {...}` line with the same numbers.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::tally::Verdict;
+use crate::{RunResult, Samples};
+
+/// How the run was set up, echoed in the report.
+pub struct Context {
+    pub label: String,
+    pub url: String,
+    pub target: String,
+    pub via: String,
+    pub roles: String,
+    pub mode: String,
+    pub threads: usize,
+    pub connections: usize,
+    pub orgs: usize,
+    pub ramp: f64,
+    pub rate: f64,
+    pub duration: f64,
+    pub events: u64,
+    pub pad: usize,
+    pub server_pids: Vec<u32>,
+    pub load_before: f64,
+}
+
+/// Percentiles of a histogram of microseconds, in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Percentiles {
+    count: u64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Self {
+            count: histogram.len(),
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"count": self.count, "p50_ms": self.p50, "p90_ms": self.p90, "p99_ms": self.p99,
+               "p999_ms": self.p999, "max_ms": self.max})
+    }
+
+    fn human(&self) -> String {
+        format!(
+            "p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  (n={})",
+            self.p50, self.p90, self.p99, self.p999, self.max, self.count
+        )
+    }
+}
+
+fn reasons_json(reasons: &BTreeMap<String, u64>) -> serde_json::Value {
+    serde_json::Value::Object(reasons.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+}
+
+fn reasons_human(reasons: &BTreeMap<String, u64>) -> String {
+    if reasons.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = reasons.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!("  ({})", list.join(", "))
+}
+
+/// Memory and CPU of one process (or group) across the run's phases.
+struct ProcFigures {
+    rss_before_kb: Option<u64>,
+    rss_connected_kb: Option<u64>,
+    rss_after_kb: Option<u64>,
+    hwm_kb: Option<u64>,
+    connect_cpu_ms: Option<u64>,
+    publish_cpu_ms: Option<u64>,
+}
+
+impl ProcFigures {
+    fn of(samples: &Samples) -> Self {
+        let cpu = |a: Option<crate::procstat::ProcSample>, b: Option<crate::procstat::ProcSample>| {
+            Some(b?.cpu_ms.saturating_sub(a?.cpu_ms))
+        };
+        Self {
+            rss_before_kb: samples.before.map(|s| s.rss_kb),
+            rss_connected_kb: samples.connected.map(|s| s.rss_kb),
+            rss_after_kb: samples.after.map(|s| s.rss_kb),
+            hwm_kb: samples.after.map(|s| s.hwm_kb),
+            connect_cpu_ms: cpu(samples.before, samples.connected),
+            publish_cpu_ms: cpu(samples.connected, samples.after),
+        }
+    }
+}
+
+pub fn print(context: &Context, result: &RunResult) {
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut drops: BTreeMap<String, u64> = BTreeMap::new();
+    let mut verdict = Verdict::default();
+    let mut deliveries = 0u64;
+    let mut keepalives = 0u64;
+    let mut other_events = 0u64;
+    let mut unparsed = 0u64;
+    let mut with_id = 0u64;
+    let mut established = 0u64;
+    let published = result.publish.as_ref().map(|p| &p.published);
+    for record in &result.records {
+        if let Some(reason) = &record.failure {
+            *failures.entry(reason.clone()).or_default() += 1;
+            continue;
+        }
+        established += 1;
+        if let Some(reason) = &record.dropped {
+            *drops.entry(reason.clone()).or_default() += 1;
+        }
+        let expected = match published {
+            Some(published) => result.expectations[record.index].intersection(published),
+            None => Default::default(),
+        };
+        verdict.add(&Verdict::of(&expected, &record.tally));
+        deliveries += record.tally.deliveries;
+        keepalives += record.keepalives;
+        other_events += record.other_events;
+        unparsed += record.unparsed;
+        with_id += record.with_id;
+    }
+    let connect = Percentiles::of(
+        &result
+            .shared
+            .connect_time
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|_| crate::client::latency_histogram()),
+    );
+    let latency = Percentiles::of(&result.shared.merged_latency());
+    let server = ProcFigures::of(&result.samples[0]);
+    let bench = ProcFigures::of(&result.samples[1]);
+    let redis = ProcFigures::of(&result.samples[2]);
+
+    let rss_per_conn_kb = match (server.rss_before_kb, server.rss_connected_kb) {
+        (Some(before), Some(connected)) if established > 0 => {
+            Some((connected as f64 - before as f64) / established as f64)
+        }
+        _ => None,
+    };
+    let connect_cpu_us_per_conn = server
+        .connect_cpu_ms
+        .filter(|_| established > 0)
+        .map(|ms| ms as f64 * 1000.0 / established as f64);
+    let per_thousand = |cpu_ms: Option<u64>| {
+        cpu_ms
+            .filter(|_| deliveries > 0)
+            .map(|ms| ms as f64 * 1000.0 / deliveries as f64)
+    };
+    let publish = result.publish.as_ref();
+    let publish_secs = publish.map(|p| p.elapsed.as_secs_f64()).unwrap_or(0.0);
+    let window_secs = publish_secs + result.drain_elapsed.as_secs_f64();
+    let deliveries_per_sec = if publish_secs > 0.0 {
+        deliveries as f64 / publish_secs
+    } else {
+        0.0
+    };
+    let published_count = publish.map(|p| p.published.len()).unwrap_or(0);
+    let achieved_rate = if publish_secs > 0.0 {
+        published_count as f64 / publish_secs
+    } else {
+        0.0
+    };
+    let core_share = |cpu_ms: Option<u64>| {
+        cpu_ms
+            .filter(|_| window_secs > 0.0)
+            .map(|ms| ms as f64 / 10.0 / window_secs)
+    };
+    let publish_failures = publish.map(|p| p.failures.clone()).unwrap_or_default();
+
+    // Human table.
+    let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_string(), |v| format!("{v:.2}{unit}"));
+    let mb = |kb: Option<u64>| kb.map_or("n/a".to_string(), |kb| format!("{:.1} MB", kb as f64 / 1024.0));
+    println!(
+        "== event-gateway-bench {} ==  target {} {} (server pids {:?}), load before {:.2}",
+        context.label, context.target, context.url, context.server_pids, context.load_before
+    );
+    println!(
+        "scenario      {} streams over {} orgs, roles {}, ramp {}/s; {} ev/s for {} s via {} ({} events, pad {} B); client {} x{}",
+        context.connections,
+        context.orgs,
+        context.roles,
+        context.ramp,
+        context.rate,
+        context.duration,
+        context.via,
+        context.events,
+        context.pad,
+        context.mode,
+        context.threads
+    );
+    println!(
+        "connections   {} ok, {} failed{}; {} dropped{}; handshakes done in {:.2} s",
+        established,
+        failures.values().sum::<u64>(),
+        reasons_human(&failures),
+        drops.values().sum::<u64>(),
+        reasons_human(&drops),
+        result.ramp_elapsed.as_secs_f64()
+    );
+    println!("connect time  {}", connect.human());
+    if let Some(publish) = publish {
+        println!(
+            "publish       {} of {} accepted ({:.1} ev/s achieved), {} failed{}, worst lag behind schedule {:.1} ms, {} with 0 receivers",
+            published_count,
+            publish.attempted,
+            achieved_rate,
+            publish_failures.values().sum::<u64>(),
+            reasons_human(&publish_failures),
+            publish.max_behind.as_secs_f64() * 1000.0,
+            publish.zero_receivers
+        );
+        println!(
+            "deliveries    {} expected, {} received, {} lost, {} unexpected, {} duplicates, {} out of order, {} unknown; {:.0} deliveries/s",
+            verdict.expected,
+            verdict.received,
+            verdict.lost,
+            verdict.unexpected,
+            verdict.duplicates,
+            verdict.out_of_order,
+            verdict.unknown,
+            deliveries_per_sec
+        );
+        println!("latency       {}", latency.human());
+    }
+    println!(
+        "server RSS    before {}, connected {}, after {}, peak {} -> {} KB per connection",
+        mb(server.rss_before_kb),
+        mb(server.rss_connected_kb),
+        mb(server.rss_after_kb),
+        mb(server.hwm_kb),
+        opt(rss_per_conn_kb, "")
+    );
+    println!(
+        "server CPU    connecting {} ms ({} us per connection); publishing+drain {} ms ({} of a core) -> {} ms per 1,000 deliveries",
+        server.connect_cpu_ms.map_or("n/a".into(), |v| v.to_string()),
+        opt(connect_cpu_us_per_conn, ""),
+        server.publish_cpu_ms.map_or("n/a".into(), |v| v.to_string()),
+        opt(core_share(server.publish_cpu_ms), "%"),
+        opt(per_thousand(server.publish_cpu_ms), "")
+    );
+    println!(
+        "bench CPU     connecting {} ms; publishing+drain {} ms ({} of a core) -> {} ms per 1,000 deliveries; RSS {}",
+        bench.connect_cpu_ms.map_or("n/a".into(), |v| v.to_string()),
+        bench.publish_cpu_ms.map_or("n/a".into(), |v| v.to_string()),
+        opt(core_share(bench.publish_cpu_ms), "%"),
+        opt(per_thousand(bench.publish_cpu_ms), ""),
+        mb(bench.rss_after_kb)
+    );
+    if redis.rss_after_kb.is_some() {
+        println!(
+            "redis CPU     connecting {} ms; publishing+drain {} ms -> {} ms per 1,000 deliveries",
+            redis.connect_cpu_ms.map_or("n/a".into(), |v| v.to_string()),
+            redis.publish_cpu_ms.map_or("n/a".into(), |v| v.to_string()),
+            opt(per_thousand(redis.publish_cpu_ms), "")
+        );
+    }
+    println!(
+        "other         {keepalives} keepalives, {with_id} events with id, {other_events} other events, {unparsed} unparsed bench events"
+    );
+
+    let line = json!({
+        "label": context.label,
+        "target": context.target,
+        "url": context.url,
+        "via": context.via,
+        "roles": context.roles,
+        "client_mode": context.mode,
+        "client_threads": context.threads,
+        "connections": context.connections,
+        "orgs": context.orgs,
+        "ramp_per_sec": context.ramp,
+        "rate": context.rate,
+        "duration_secs": context.duration,
+        "events_planned": context.events,
+        "pad_bytes": context.pad,
+        "load_before": context.load_before,
+        "established": established,
+        "failed": failures.values().sum::<u64>(),
+        "failure_reasons": reasons_json(&failures),
+        "dropped": drops.values().sum::<u64>(),
+        "drop_reasons": reasons_json(&drops),
+        "handshakes_secs": result.ramp_elapsed.as_secs_f64(),
+        "connect": connect.json(),
+        "published": published_count,
+        "publish_attempted": publish.map(|p| p.attempted).unwrap_or(0),
+        "publish_failures": reasons_json(&publish_failures),
+        "publish_rate_achieved": achieved_rate,
+        "publish_max_behind_ms": publish.map(|p| p.max_behind.as_secs_f64() * 1000.0).unwrap_or(0.0),
+        "publish_zero_receivers": publish.map(|p| p.zero_receivers).unwrap_or(0),
+        "expected": verdict.expected,
+        "received": verdict.received,
+        "lost": verdict.lost,
+        "unexpected": verdict.unexpected,
+        "duplicates": verdict.duplicates,
+        "out_of_order": verdict.out_of_order,
+        "unknown": verdict.unknown,
+        "deliveries": deliveries,
+        "deliveries_per_sec": deliveries_per_sec,
+        "latency": latency.json(),
+        "server_rss_before_kb": server.rss_before_kb,
+        "server_rss_connected_kb": server.rss_connected_kb,
+        "server_rss_after_kb": server.rss_after_kb,
+        "server_rss_peak_kb": server.hwm_kb,
+        "server_rss_per_conn_kb": rss_per_conn_kb,
+        "server_connect_cpu_ms": server.connect_cpu_ms,
+        "server_connect_cpu_us_per_conn": connect_cpu_us_per_conn,
+        "server_publish_cpu_ms": server.publish_cpu_ms,
+        "server_cpu_ms_per_1k_deliveries": per_thousand(server.publish_cpu_ms),
+        "server_core_share_pct": core_share(server.publish_cpu_ms),
+        "bench_publish_cpu_ms": bench.publish_cpu_ms,
+        "bench_cpu_ms_per_1k_deliveries": per_thousand(bench.publish_cpu_ms),
+        "bench_rss_kb": bench.rss_after_kb,
+        "redis_publish_cpu_ms": redis.publish_cpu_ms,
+        "redis_cpu_ms_per_1k_deliveries": per_thousand(redis.publish_cpu_ms),
+        "keepalives": keepalives,
+        "events_with_id": with_id,
+        "other_events": other_events,
+        "unparsed": unparsed,
+    });
+    println!("BENCH_JSON {line}");
+}
