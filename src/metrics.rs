@@ -228,7 +228,7 @@ impl Metrics {
         counter(
             &mut out,
             REDIS_RECONNECTS,
-            "Reconnections to Redis after a lost connection.",
+            "Redis connections lost (each is followed by a reconnect with backoff).",
             load(&self.redis_reconnects),
         );
 

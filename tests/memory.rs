@@ -36,8 +36,14 @@ fn start_gateway() -> u16 {
             ("GATEWAY__SERVER__PORT".to_string(), "0".to_string()),
             ("GATEWAY__SERVER__WORKERS".to_string(), "1".to_string()),
             ("GATEWAY__AUTH__JWT_SECRET".to_string(), SECRET.to_string()),
-            ("GATEWAY__LIMITS__CONNECT_RATE_PER_USER".to_string(), "100000".to_string()),
-            ("GATEWAY__LIMITS__CONNECT_RATE_PER_IP".to_string(), "100000".to_string()),
+            (
+                "GATEWAY__LIMITS__CONNECT_RATE_PER_USER".to_string(),
+                "100000".to_string(),
+            ),
+            (
+                "GATEWAY__LIMITS__CONNECT_RATE_PER_IP".to_string(),
+                "100000".to_string(),
+            ),
         ]);
         let settings = Settings::load_from(None, Some(env)).expect("settings load");
         actix_web::rt::System::new().block_on(async move {
@@ -46,7 +52,8 @@ fn start_gateway() -> u16 {
             application.run_until_stopped().await.expect("gateway runs");
         });
     });
-    port.recv_timeout(Duration::from_secs(20)).expect("gateway started")
+    port.recv_timeout(Duration::from_secs(20))
+        .expect("gateway started")
 }
 
 /// Opens a stream and reads until its `connected` event has arrived.
@@ -64,7 +71,11 @@ fn open_stream(port: u16, token: &str) -> TcpStream {
     let mut chunk = [0u8; 2048];
     while !seen.windows(16).any(|w| w == b"event: connected") {
         let read = stream.read(&mut chunk).expect("reads the stream");
-        assert!(read > 0, "stream closed before `connected`: {}", String::from_utf8_lossy(&seen));
+        assert!(
+            read > 0,
+            "stream closed before `connected`: {}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(&chunk[..read]);
     }
     stream

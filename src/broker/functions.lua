@@ -121,9 +121,13 @@ local function trim(org, stream, now_ms)
     newest_removed = removed[#removed][1]
     redis.call('XTRIM', stream, 'MAXLEN', MAX_EVENTS)
   end
-  local min_id = string.format('%d', now_ms - RETENTION_MS)
-  local aged = redis.call('XREVRANGE', stream, '(' .. min_id, '-', 'COUNT', 1)
-  if aged[1] then
+  -- Only when the oldest entry is too old (an O(1) look): a reverse range from an old id
+  -- costs time in proportion to the history length.
+  local min_ms = now_ms - RETENTION_MS
+  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if oldest[1] and tonumber(string.match(oldest[1][1], '^(%d+)')) < min_ms then
+    local min_id = string.format('%d', min_ms)
+    local aged = redis.call('XREVRANGE', stream, '(' .. min_id, '-', 'COUNT', 1)
     newest_removed = aged[1][1]
     redis.call('XTRIM', stream, 'MINID', min_id)
   end

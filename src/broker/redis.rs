@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::{Pool, Runtime};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -86,18 +86,20 @@ impl RedisBroker {
             .set_response_timeout(Some(COMMAND_TIMEOUT));
         let subscriber =
             ConnectionManager::new_lazy_with_config(client, manager_config).map_err(unavailable)?;
-        let mut pool_config = deadpool_redis::Config::from_url(url);
-        pool_config.pool = Some(PoolConfig {
-            max_size: 16,
-            timeouts: Timeouts {
-                wait: Some(COMMAND_TIMEOUT),
-                create: Some(COMMAND_TIMEOUT),
-                recycle: Some(COMMAND_TIMEOUT),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = pool_config
-            .create_pool(Some(Runtime::Tokio1))
+        // Command connections get the same timeouts as the pub/sub one (redis-rs's default
+        // response timeout, 500 ms, is shorter than a large durable batch legitimately takes).
+        let connection_config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT));
+        let manager =
+            deadpool_redis::Manager::new_with_config(url, connection_config).map_err(unavailable)?;
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .wait_timeout(Some(COMMAND_TIMEOUT))
+            .create_timeout(Some(COMMAND_TIMEOUT))
+            .recycle_timeout(Some(COMMAND_TIMEOUT))
+            .runtime(Runtime::Tokio1)
+            .build()
             .map_err(unavailable)?;
         let functions = FUNCTIONS_TEMPLATE
             .replace("__MAX_EVENTS__", &settings.history.max_events_per_org.to_string())
@@ -341,6 +343,9 @@ impl Dispatcher {
     }
 
     fn on_disconnected(&mut self) {
+        // Counted here, not by the once-a-second probe, so that an outage shorter than a
+        // probe interval is counted too.
+        METRICS.redis_reconnected();
         self.ready.store(false, Ordering::Relaxed);
         tracing::warn!("Lost the Redis pub/sub connection; reconnecting.");
         let gap_start = self.newest_durable;
@@ -451,7 +456,6 @@ async fn probe_health(broker: Arc<RedisBroker>, mut subscriber: ConnectionManage
         };
         if ready && !was_ready {
             if ever_ready {
-                METRICS.redis_reconnected();
                 tracing::info!("Reconnected to Redis; ready.");
             } else {
                 tracing::info!("Connected to Redis; ready.");

@@ -33,9 +33,6 @@ impl RedisServer {
 
     /// Starts a server with AOF persistence (`appendonly yes`, `appendfsync always`): a restart
     /// after `kill()` keeps every acknowledged write, history and Functions included.
-    // Used by the Redis-restart test kept out of the suite until the gateway counts every
-    // reconnect (tests/integration/pending_*.rs.txt).
-    #[allow(dead_code)]
     pub async fn start_persistent() -> Self {
         Self::start_with(true).await
     }
