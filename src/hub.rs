@@ -366,7 +366,7 @@ impl Subscriber {
         }
         let already_sent =
             |event: &Event| matches!((event.id, skip_through), (Some(id), Some(mark)) if id <= mark);
-        let mut frames: Vec<Bytes> = Vec::new();
+        let mut frames = Chunk::with_expected(slot.high.len() + slot.normal.len() + 2);
         let mut events = 0;
         let mut oldest = None;
         if let Some(keepalive) = slot.keepalive.take() {
@@ -411,7 +411,7 @@ impl Subscriber {
                 false
             }
         };
-        if frames.is_empty() {
+        if frames.first.is_none() {
             if ended {
                 return Output::Ended;
             }
@@ -421,23 +421,50 @@ impl Subscriber {
         slot.last_activity = now;
         drop(slot);
         Output::Frames {
-            bytes: concat(frames),
+            bytes: frames.into_bytes(),
             events,
             oldest,
         }
     }
 }
 
-/// One chunk from several frames: one write instead of many.
-fn concat(mut frames: Vec<Bytes>) -> Bytes {
-    if frames.len() == 1 {
-        return frames.pop().unwrap_or_default();
+/// The frames of one write. A single frame goes out as is (no copy); from the second one on,
+/// they are copied into one buffer, so a burst costs one chunk and one write.
+struct Chunk {
+    first: Option<Bytes>,
+    joined: Option<BytesMut>,
+    /// How many frames may follow, to size the joined buffer once.
+    expected: usize,
+}
+
+impl Chunk {
+    fn with_expected(expected: usize) -> Self {
+        Self {
+            first: None,
+            joined: None,
+            expected,
+        }
     }
-    let mut chunk = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
-    for frame in frames {
-        chunk.extend_from_slice(&frame);
+
+    fn push(&mut self, frame: Bytes) {
+        match (&self.first, &mut self.joined) {
+            (None, _) => self.first = Some(frame),
+            (Some(_), Some(joined)) => joined.extend_from_slice(&frame),
+            (Some(first), None) => {
+                let mut joined = BytesMut::with_capacity(first.len() + frame.len() * self.expected);
+                joined.extend_from_slice(first);
+                joined.extend_from_slice(&frame);
+                self.joined = Some(joined);
+            }
+        }
     }
-    chunk.freeze()
+
+    fn into_bytes(self) -> Bytes {
+        match (self.joined, self.first) {
+            (Some(joined), _) => joined.freeze(),
+            (None, first) => first.unwrap_or_default(),
+        }
+    }
 }
 
 #[cfg(test)]
