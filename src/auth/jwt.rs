@@ -572,4 +572,102 @@ mod tests {
         assert_eq!(claims.tenant_id.as_deref(), Some("t"));
         assert_eq!(claims.orgs.len(), 2);
     }
+
+    fn fixture(name: &str) -> String {
+        format!("{}/tests/fixtures/keys/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn sign_with(alg: Algorithm, kid: Option<&str>, private_pem: &str) -> String {
+        let pem = std::fs::read(fixture(private_pem)).expect("fixture key");
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem),
+            _ => EncodingKey::from_ed_pem(&pem),
+        }
+        .expect("private key parses");
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_string);
+        jsonwebtoken::encode(&header, &good_claims(), &key).expect("encodes")
+    }
+
+    fn public_key_verifier(public_pem: &str) -> JwtVerifier {
+        let mut settings = settings();
+        settings.public_key_pem = fixture(public_pem);
+        JwtVerifier::new(&settings, None, 64).expect("verifier builds")
+    }
+
+    #[test]
+    fn public_keys_verify_their_own_algorithm_only() {
+        let cases = [
+            ("rsa-public.pem", Algorithm::RS256, "rsa-private.pem"),
+            ("ec-public.pem", Algorithm::ES256, "ec-private.pem"),
+            ("ed-public.pem", Algorithm::EdDSA, "ed-private.pem"),
+        ];
+        for (public, alg, private) in cases {
+            let verifier = public_key_verifier(public);
+            assert!(
+                verifier.verify(&sign_with(alg, None, private)).is_ok(),
+                "{alg:?} with {public}"
+            );
+            let hs = sign(Header::new(Algorithm::HS256), &good_claims(), SECRET);
+            assert_eq!(
+                verifier.verify(&hs).map_err(|e| e.code()),
+                Err("algorithm_not_allowed"),
+                "{public}"
+            );
+        }
+    }
+
+    #[test]
+    fn hs256_signed_with_the_public_key_is_refused() {
+        // The algorithm-confusion attack: an HS256 token whose secret is the public key text.
+        let public = std::fs::read_to_string(fixture("rsa-public.pem")).expect("fixture key");
+        let forged = sign(Header::new(Algorithm::HS256), &good_claims(), &public);
+        let verifier = public_key_verifier("rsa-public.pem");
+        assert_eq!(
+            verifier.verify(&forged).map_err(|e| e.code()),
+            Err("algorithm_not_allowed")
+        );
+    }
+
+    #[test]
+    fn pem_text_is_accepted_as_well_as_a_path() {
+        let mut settings = settings();
+        settings.public_key_pem = std::fs::read_to_string(fixture("ed-public.pem")).expect("fixture key");
+        let verifier = JwtVerifier::new(&settings, None, 64).expect("verifier builds");
+        assert!(verifier
+            .verify(&sign_with(Algorithm::EdDSA, None, "ed-private.pem"))
+            .is_ok());
+    }
+
+    #[test]
+    fn jwks_keys_are_chosen_by_kid() {
+        let mut settings = settings();
+        settings.jwks_path = fixture("jwks.json");
+        let verifier = JwtVerifier::new(&settings, None, 64).expect("verifier builds");
+        assert!(verifier
+            .verify(&sign_with(Algorithm::RS256, Some("rsa-2026"), "rsa-private.pem"))
+            .is_ok());
+        assert!(verifier
+            .verify(&sign_with(Algorithm::EdDSA, Some("ed-2026"), "ed-private.pem"))
+            .is_ok());
+        let unknown = sign_with(Algorithm::RS256, Some("retired"), "rsa-private.pem");
+        assert_eq!(verifier.verify(&unknown), Err(AuthError::UnknownKey));
+        let wrong_key = sign_with(Algorithm::RS256, Some("ed-2026"), "rsa-private.pem");
+        assert_eq!(
+            verifier.verify(&wrong_key).map_err(|e| e.code()),
+            Err("algorithm_not_allowed")
+        );
+    }
+
+    #[test]
+    fn algorithms_of_another_family_than_the_key_stop_start_up() {
+        let mut settings = settings();
+        settings.public_key_pem = fixture("rsa-public.pem");
+        settings.algorithms = vec!["HS256".into()];
+        assert!(matches!(
+            JwtVerifier::new(&settings, None, 64),
+            Err(KeyError::AlgorithmMismatch(_))
+        ));
+    }
 }
