@@ -102,12 +102,22 @@ impl Metrics {
     pub fn connection_opened(&self, role: &str) {
         self.connections_opened.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
-        *self.connections.lock().entry(role.into()).or_insert(0) += 1;
+        self.add_connection(role, 1);
+    }
+
+    fn add_connection(&self, role: &str, delta: i64) {
+        let mut connections = self.connections.lock();
+        match connections.get_mut(role) {
+            Some(count) => *count += delta,
+            None => {
+                connections.insert(role.into(), delta);
+            }
+        }
     }
 
     pub fn connection_closed(&self, role: &str) {
         self.open.fetch_sub(1, Ordering::Relaxed);
-        *self.connections.lock().entry(role.into()).or_insert(0) -= 1;
+        self.add_connection(role, -1);
     }
 
     pub fn open_connections(&self) -> usize {

@@ -200,7 +200,7 @@ pub async fn stream(
         keepalive_secs: settings.sse.keepalive_secs,
     };
     let opening = opening_frames(settings.sse.retry_ms, &connected, &replay, &subscriber);
-    tracing::info!(
+    tracing::debug!(
         conn = %connected.connection_id,
         user = %claims.sub,
         role = %claims.role,

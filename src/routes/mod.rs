@@ -152,6 +152,9 @@ pub async fn access_log(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return Ok(next.call(request).await?.map_into_left_body());
+    }
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.path().to_string();
@@ -165,5 +168,5 @@ pub async fn access_log(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "Handled a request."
     );
-    Ok(response)
+    Ok(response.map_into_right_body())
 }
