@@ -8,7 +8,8 @@
 #   RUNS=1 bench/run.sh idle10k nchan-idle10k
 #   bench/summarize.py bench/results/*.jsonl
 #
-# Scenarios: idle10k fanout50 fanout200 fanout800 filtered durable50 durable200 durable-filtered
+# Scenarios: idle10k fanout50 fanout200 fanout800 filtered filtered-ops durable50 durable200
+#            durable-filtered
 #            http50 and nchan-<same> for idle10k fanout50 fanout200 fanout800 filtered.
 # Never touches a shared Redis: each run starts its own redis-server on a free port. The server
 # processes measured are found from the listening port (the gateway; nginx master + workers).
@@ -47,7 +48,7 @@ start_redis() {
 
 stop_redis() {
     kill "$REDIS_PID" 2>/dev/null || true
-    wait_for 10 sh -c "! kill -0 $REDIS_PID"
+    wait_for 10 sh -c "! kill -0 $REDIS_PID" || kill -KILL "$REDIS_PID" 2>/dev/null || true
     rm -rf "$REDIS_DIR"
 }
 
@@ -65,6 +66,8 @@ start_gateway() {
 stop_gateway() {
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
+    # Keep the gateway's log (warnings and errors only) beside the results.
+    cat "$GATEWAY_LOG" >>"$OUT/gateway.log"
     rm -f "$GATEWAY_LOG"
 }
 
@@ -81,8 +84,9 @@ start_nchan() {
 }
 
 stop_nchan() {
-    kill -QUIT "$SERVER_PID" 2>/dev/null || true
-    wait_for 15 sh -c "! kill -0 $SERVER_PID"
+    # A graceful QUIT can wait a long time on Nchan's subscribers; TERM is nginx's fast stop.
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait_for 15 sh -c "! kill -0 $SERVER_PID" || kill -KILL "$SERVER_PID" 2>/dev/null || true
     rm -rf "$NCHAN_DIR"
 }
 
@@ -94,6 +98,8 @@ scenario_args() {
         fanout200) echo "-n 2000 --orgs 1 --roles ops --rate 200 --duration 20" ;;
         fanout800) echo "-n 2000 --orgs 1 --roles ops --rate 800 --duration 15" ;;
         filtered) echo "-n 2000 --orgs 100 --roles mixed --rate 1000 --duration 20" ;;
+        # The filtered layout with every stream `ops` (20 deliveries per event, as Nchan delivers).
+        filtered-ops) echo "-n 2000 --orgs 100 --roles ops --rate 1000 --duration 20" ;;
         durable50) echo "-n 2000 --orgs 1 --roles ops --rate 50 --duration 20 --via function" ;;
         durable200) echo "-n 2000 --orgs 1 --roles ops --rate 200 --duration 20 --via function" ;;
         durable-filtered) echo "-n 2000 --orgs 100 --roles mixed --rate 1000 --duration 20 --via function" ;;

@@ -21,9 +21,10 @@ COLUMNS = [
     ("p99 ms", lambda r: r["latency"]["p99_ms"]),
     ("max ms", lambda r: r["latency"]["max_ms"]),
     ("lost", lambda r: r["lost"]),
+    ("deliveries/read", lambda r: r.get("deliveries_per_read")),
     ("server CPU ms/1k", lambda r: r["server_cpu_ms_per_1k_deliveries"]),
     ("redis CPU ms/1k", lambda r: r["redis_cpu_ms_per_1k_deliveries"]),
-    ("bench CPU ms/1k", lambda r: r["bench_cpu_ms_per_1k_deliveries"]),
+    ("bench clients CPU ms/1k", lambda r: r.get("bench_client_cpu_ms_per_1k_deliveries")),
     ("load", lambda r: r["load_before"]),
 ]
 

@@ -113,6 +113,9 @@ pub struct ConnRecord {
     pub unparsed: u64,
     /// Events that carried an `id:` line.
     pub with_id: u64,
+    /// Reads that returned bytes after the response head: deliveries per read show how many
+    /// frames the server sends per write when the client keeps up.
+    pub reads: u64,
 }
 
 /// Scratch space of one thread: the read buffer and the latencies of one read.
@@ -368,7 +371,10 @@ pub async fn run_connection(
                 Some(bytes) => receiver.feed(&bytes, now_nanos(), latencies),
                 None => match read_available(&stream, buffer) {
                     Ok(0) => Err("eof".to_string()),
-                    Ok(n) => receiver.feed(&buffer[..n], now_nanos(), latencies),
+                    Ok(n) => {
+                        receiver.record.reads += 1;
+                        receiver.feed(&buffer[..n], now_nanos(), latencies)
+                    }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(true),
                     Err(error) => Err(io_reason(&error)),
                 },

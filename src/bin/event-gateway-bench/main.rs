@@ -104,6 +104,9 @@ struct Args {
     duration: f64,
     #[arg(long, value_enum, default_value_t = Via::Publish)]
     via: Via,
+    /// HTTP publishes (`--via http|nchan`) in flight at once; 1 sends them one after another.
+    #[arg(long, default_value_t = 1)]
+    publish_concurrency: usize,
     #[arg(long, env = "GATEWAY__REDIS__URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// The gateway's HS256 secret, to mint matching tokens.
@@ -415,7 +418,7 @@ async fn run(inputs: RunInputs) -> anyhow::Result<RunResult> {
         // The publisher has a thread of its own, so that busy client connections never delay
         // a send (each event is stamped when it actually leaves anyway).
         let (tx, rx) = oneshot::channel();
-        let (plan, via, rate) = (plan.clone(), args.via, args.rate);
+        let (plan, via, rate, concurrency) = (plan.clone(), args.via, args.rate, args.publish_concurrency);
         let (redis_url, base_url) = (args.redis_url.clone(), endpoint.base_url.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -426,7 +429,8 @@ async fn run(inputs: RunInputs) -> anyhow::Result<RunResult> {
             .spawn(move || {
                 let outcome = runtime.block_on(async move {
                     let publisher =
-                        Publisher::connect(plan, via, &redis_url, &base_url, service_tokens).await?;
+                        Publisher::connect(plan, via, &redis_url, &base_url, service_tokens, concurrency)
+                            .await?;
                     Ok::<_, anyhow::Error>(publisher.run(events, rate).await)
                 });
                 let _ = tx.send(outcome);

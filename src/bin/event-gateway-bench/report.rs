@@ -112,6 +112,7 @@ pub fn print(context: &Context, result: &RunResult) {
     let mut other_events = 0u64;
     let mut unparsed = 0u64;
     let mut with_id = 0u64;
+    let mut reads = 0u64;
     let mut established = 0u64;
     let published = result.publish.as_ref().map(|p| &p.published);
     for record in &result.records {
@@ -133,6 +134,7 @@ pub fn print(context: &Context, result: &RunResult) {
         other_events += record.other_events;
         unparsed += record.unparsed;
         with_id += record.with_id;
+        reads += record.reads;
     }
     let connect = Percentiles::of(
         &result
@@ -182,6 +184,9 @@ pub fn print(context: &Context, result: &RunResult) {
             .map(|ms| ms as f64 / 10.0 / window_secs)
     };
     let publish_failures = publish.map(|p| p.failures.clone()).unwrap_or_default();
+    let publisher_cpu_ms = publish.map_or(0, |p| p.cpu_ms);
+    let client_cpu_ms = bench.publish_cpu_ms.map(|ms| ms.saturating_sub(publisher_cpu_ms));
+    let deliveries_per_read = (reads > 0).then(|| deliveries as f64 / reads as f64);
 
     // Human table.
     let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_string(), |v| format!("{v:.2}{unit}"));
@@ -236,7 +241,11 @@ pub fn print(context: &Context, result: &RunResult) {
             verdict.unknown,
             deliveries_per_sec
         );
-        println!("latency       {}", latency.human());
+        println!(
+            "latency       {}; {} deliveries per read",
+            latency.human(),
+            opt(deliveries_per_read, "")
+        );
     }
     println!(
         "server RSS    before {}, connected {}, after {}, peak {} -> {} KB per connection",
@@ -255,11 +264,13 @@ pub fn print(context: &Context, result: &RunResult) {
         opt(per_thousand(server.publish_cpu_ms), "")
     );
     println!(
-        "bench CPU     connecting {} ms; publishing+drain {} ms ({} of a core) -> {} ms per 1,000 deliveries; RSS {}",
+        "bench CPU     connecting {} ms; publishing+drain {} ms ({} of a core), of which publisher {} ms; \
+         clients {} ms per 1,000 deliveries; RSS {}",
         bench.connect_cpu_ms.map_or("n/a".into(), |v| v.to_string()),
         bench.publish_cpu_ms.map_or("n/a".into(), |v| v.to_string()),
         opt(core_share(bench.publish_cpu_ms), "%"),
-        opt(per_thousand(bench.publish_cpu_ms), ""),
+        publisher_cpu_ms,
+        opt(per_thousand(client_cpu_ms), ""),
         mb(bench.rss_after_kb)
     );
     if redis.rss_after_kb.is_some() {
@@ -313,6 +324,8 @@ pub fn print(context: &Context, result: &RunResult) {
         "deliveries": deliveries,
         "deliveries_per_sec": deliveries_per_sec,
         "latency": latency.json(),
+        "reads": reads,
+        "deliveries_per_read": deliveries_per_read,
         "server_rss_before_kb": server.rss_before_kb,
         "server_rss_connected_kb": server.rss_connected_kb,
         "server_rss_after_kb": server.rss_after_kb,
@@ -325,6 +338,8 @@ pub fn print(context: &Context, result: &RunResult) {
         "server_core_share_pct": core_share(server.publish_cpu_ms),
         "bench_publish_cpu_ms": bench.publish_cpu_ms,
         "bench_cpu_ms_per_1k_deliveries": per_thousand(bench.publish_cpu_ms),
+        "bench_publisher_cpu_ms": publisher_cpu_ms,
+        "bench_client_cpu_ms_per_1k_deliveries": per_thousand(client_cpu_ms),
         "bench_rss_kb": bench.rss_after_kb,
         "redis_publish_cpu_ms": redis.publish_cpu_ms,
         "redis_cpu_ms_per_1k_deliveries": per_thousand(redis.publish_cpu_ms),
