@@ -137,8 +137,8 @@ impl Broker {
 }
 
 /// Merges per-org replays (each oldest first) into one list ordered by id.
-fn merge_by_id(mut per_org: Vec<Vec<Arc<Event>>>) -> Vec<Arc<Event>> {
-    let mut events: Vec<Arc<Event>> = per_org.drain(..).flatten().collect();
+fn merge_by_id(per_org: Vec<Vec<Arc<Event>>>) -> Vec<Arc<Event>> {
+    let mut events: Vec<Arc<Event>> = per_org.into_iter().flatten().collect();
     events.sort_by_key(|event| event.id);
     events
 }
