@@ -452,3 +452,33 @@ async fn reconnect_storm_delivers_every_durable_event_exactly_once() {
          the storm did not overlap the publisher"
     );
 }
+
+#[tokio::test]
+async fn burst_of_10000_durable_events_is_replayed_in_order() {
+    const BURST: usize = 10_000;
+    const BATCH: usize = 1_000;
+    let app = spawn_app_with(|options| options.env("GATEWAY__HISTORY__MAX_EVENTS_PER_ORG", "20000")).await;
+    let before = app.publish_durable(&[ticket("before")]).await;
+    let mut ids = Vec::with_capacity(BURST);
+    for start in (0..BURST).step_by(BATCH) {
+        let batch: Vec<Value> = (start..start + BATCH).map(|n| ticket(&format!("e{n}"))).collect();
+        ids.extend(app.publish_durable(&batch).await);
+    }
+    assert_eq!(ids.len(), BURST, "ids returned by POST /api/publish");
+    assert_ids_increase(&ids);
+
+    let request = app
+        .events_request("")
+        .bearer_auth(ops("olivia", ORG))
+        .header("Last-Event-ID", &before[0]);
+    let mut olivia = SseClient::open(request).await;
+    olivia.expect_connected().await;
+    app.publish_live(ORG, ticket("control")).await;
+    let received = within(
+        Duration::from_secs(30),
+        "the replay of 10,000 events and the live control event",
+        ids_until_control(&mut olivia, "olivia"),
+    )
+    .await;
+    assert_exactly_once_in_order("olivia, resuming after the burst's predecessor", &received, &ids);
+}

@@ -8,7 +8,6 @@ mod auth;
 mod embedded;
 mod health;
 mod history;
-mod history_burst;
 mod limits;
 mod policy;
 mod publish;
