@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod error;
 pub mod event;
 pub mod hub;

@@ -11,8 +11,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_core::Stream;
 use serde_json::json;
 
-use crate::auth::unix_now;
 use crate::broker::{Lease, Permit, Replay};
+use crate::clock::unix_secs;
 use crate::event::EventId;
 use crate::hub::{Output, Shard, Subscriber};
 use crate::metrics::METRICS;
@@ -122,7 +122,7 @@ impl Stream for EventStream {
         }
         match this
             .subscriber
-            .take(cx.waker(), this.replayed_through, unix_now())
+            .take(cx.waker(), this.replayed_through, unix_secs())
         {
             Output::Frames {
                 bytes,

@@ -12,8 +12,9 @@ use anyhow::Context;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::auth::{unix_now, JwtVerifier, TokenMinter, TokenRequest};
+use crate::auth::{JwtVerifier, TokenMinter, TokenRequest};
 use crate::broker::{Broker, EmbeddedBroker, RedisBroker, Registry, HEARTBEAT_INTERVAL};
+use crate::clock::unix_secs;
 use crate::hub::Hub;
 use crate::limits::RateLimiter;
 use crate::metrics::METRICS;
@@ -204,7 +205,7 @@ async fn housekeeping(hub: Arc<Hub>, keepalive_secs: u64, shutdown: Shutdown) {
             () = shutdown.stopped() => return,
         }
         let keepalive = sse::keepalive_frame(time::OffsetDateTime::now_utc());
-        hub.tick(unix_now(), keepalive_secs, &keepalive, &expired);
+        hub.tick(unix_secs(), keepalive_secs, &keepalive, &expired);
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
@@ -13,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::AuthError;
+use crate::clock::unix_secs;
 use crate::event::OrgId;
 use crate::settings::AuthSettings;
 
@@ -303,13 +303,6 @@ fn header_alg(token: &str) -> Option<String> {
     value.get("alg")?.as_str().map(str::to_string)
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Claims as minted by `TokenMinter`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -357,7 +350,7 @@ impl TokenMinter {
     }
 
     pub fn mint(&self, request: &TokenRequest<'_>) -> Result<String, jsonwebtoken::errors::Error> {
-        let now = unix_now();
+        let now = unix_secs();
         let claims = MintedClaims {
             sub: request.sub,
             role: request.role,
@@ -395,7 +388,7 @@ mod tests {
     }
 
     fn good_claims() -> serde_json::Value {
-        serde_json::json!({"sub": "u1", "role": "ops", "orgs": ["o1"], "exp": unix_now() + 60})
+        serde_json::json!({"sub": "u1", "role": "ops", "orgs": ["o1"], "exp": unix_secs() + 60})
     }
 
     fn with(mut claims: serde_json::Value, key: &str, value: serde_json::Value) -> serde_json::Value {
@@ -413,7 +406,7 @@ mod tests {
 
     #[test]
     fn each_bad_token_gets_its_own_reason() {
-        let now = unix_now();
+        let now = unix_secs();
         let none_header =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
         let body = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(good_claims().to_string());

@@ -3,7 +3,7 @@
 mod jwt;
 mod token;
 
-pub use jwt::{unix_now, Claims, JwtVerifier, KeyError, TokenMinter, TokenRequest};
+pub use jwt::{Claims, JwtVerifier, KeyError, TokenMinter, TokenRequest};
 pub use token::{extract_token, redact_query};
 
 /// Why a request is not authenticated. Every variant answers `401`; `code()` is the stable

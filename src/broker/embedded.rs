@@ -3,11 +3,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
 use super::{merge_by_id, PublishItem, Replay, ReplayFrom};
+use crate::clock::unix_millis;
 use crate::event::{Event, EventId, OrgId};
 use crate::hub::Hub;
 use crate::metrics::{Source, METRICS};
@@ -33,13 +33,6 @@ struct OrgHistory {
     events: VecDeque<Arc<Event>>,
     /// The newest id trimmed away, to tell a client its cursor is older than what is kept.
     max_deleted: Option<EventId>,
-}
-
-pub(crate) fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl OrgHistory {
@@ -72,7 +65,7 @@ impl EmbeddedBroker {
         let mut state = self.state.lock();
         let mut ids = Vec::with_capacity(items.len());
         for item in items {
-            let now = now_millis();
+            let now = unix_millis();
             let id = match state.last_id {
                 Some(last) => last.next_after(now),
                 None => EventId::first_at(now),
@@ -90,7 +83,7 @@ impl EmbeddedBroker {
     }
 
     pub fn replay(&self, orgs: &[OrgId], from: ReplayFrom) -> Replay {
-        let now = now_millis();
+        let now = unix_millis();
         let mut state = self.state.lock();
         let mut per_org = Vec::with_capacity(orgs.len());
         let mut truncated: Option<EventId> = None;

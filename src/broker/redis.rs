@@ -13,6 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::subscriptions::{org_of_channel, Subscriptions};
 use super::{merge_by_id, BrokerError, Lease, PublishItem, Replay, ReplayFrom};
+use crate::clock::unix_millis;
 use crate::event::{EnvelopeError, Event, EventId, OrgId};
 use crate::hub::Hub;
 use crate::metrics::{Source, METRICS};
@@ -353,7 +354,7 @@ impl Dispatcher {
             // Ids are global: nothing this replica missed is older than the newest it saw.
             let from = match self.last_durable.get(&org).copied().max(gap_start) {
                 Some(last) => ReplayFrom::After(last),
-                None => ReplayFrom::Since(super::embedded::now_millis()),
+                None => ReplayFrom::Since(unix_millis()),
             };
             self.refill.insert(org, from);
         }

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::BrokerError;
+use crate::clock::unix_millis;
 use crate::event::OrgId;
 use crate::hub::Hub;
 
@@ -287,10 +288,6 @@ impl Registry {
         }
         Ok(report)
     }
-}
-
-fn unix_millis() -> u64 {
-    super::embedded::now_millis()
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::{read_body, AppState};
-use crate::auth::unix_now;
 use crate::broker::{Replay, ReplayFrom};
+use crate::clock::unix_secs;
 use crate::error::ApiError;
 use crate::event::EventId;
 use crate::hub::Shard;
@@ -135,7 +135,7 @@ pub async fn stream(
         return Err(ApiError::Draining);
     }
     let limits = &state.settings.limits;
-    let now = unix_now();
+    let now = unix_secs();
     if !state
         .ip_rate
         .allow(&client_ip(&request, limits.trust_forwarded_for), now)
