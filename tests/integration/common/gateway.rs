@@ -128,18 +128,7 @@ pub async fn spawn_gateway(options: GatewayOptions) -> Gateway {
         Vec::new()
     };
     args.extend(options.args.iter().map(String::as_str));
-    let mut process = gateway_command(&args, &options.all_env())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawning the event-gateway binary");
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let (lines_sender, mut lines) = mpsc::unbounded_channel();
-    let stdout = process.stdout.take().expect("piped stdout");
-    let stderr = process.stderr.take().expect("piped stderr");
-    let log_readers = vec![
-        tokio::spawn(drain(stdout, logs.clone(), lines_sender.clone())),
-        tokio::spawn(drain(stderr, logs.clone(), lines_sender)),
-    ];
+    let (process, logs, mut lines, log_readers) = spawn_logged(&args, &options.all_env());
 
     let wait_for_address = async {
         while let Some(line) = lines.recv().await {
@@ -178,6 +167,30 @@ pub async fn spawn_gateway(options: GatewayOptions) -> Gateway {
         gateway.wait_for_status("/readyz", 200, STARTUP_TIMEOUT).await;
     }
     gateway
+}
+
+/// The gateway's output so far, and each new line as it comes.
+type Logs = Arc<Mutex<Vec<String>>>;
+
+/// Spawns `event-gateway ARGS` (killed on drop) with its stdout and stderr copied into the
+/// returned log buffer and line channel, forever, so its pipes never fill up.
+fn spawn_logged(
+    args: &[&str],
+    env: &[(String, String)],
+) -> (Child, Logs, mpsc::UnboundedReceiver<String>, Vec<JoinHandle<()>>) {
+    let mut process = gateway_command(args, env)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning the event-gateway binary");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (lines_sender, lines) = mpsc::unbounded_channel();
+    let stdout = process.stdout.take().expect("piped stdout");
+    let stderr = process.stderr.take().expect("piped stderr");
+    let readers = vec![
+        tokio::spawn(drain(stdout, logs.clone(), lines_sender.clone())),
+        tokio::spawn(drain(stderr, logs.clone(), lines_sender)),
+    ];
+    (process, logs, lines, readers)
 }
 
 /// Copies every line of a child's pipe into `logs`, forever, so the pipe never fills up.
@@ -252,18 +265,7 @@ pub async fn expect_startup_failure(env: &[(&str, &str)]) -> (ExitStatus, String
     for (key, value) in env {
         options = options.env(key, value);
     }
-    let mut process = gateway_command(&["serve"], &options.all_env())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawning the event-gateway binary");
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let (lines_sender, mut lines) = mpsc::unbounded_channel();
-    let stdout = process.stdout.take().expect("piped stdout");
-    let stderr = process.stderr.take().expect("piped stderr");
-    let readers = [
-        tokio::spawn(drain(stdout, logs.clone(), lines_sender.clone())),
-        tokio::spawn(drain(stderr, logs.clone(), lines_sender)),
-    ];
+    let (mut process, logs, mut lines, readers) = spawn_logged(&["serve"], &options.all_env());
     let watch = async {
         while let Some(line) = lines.recv().await {
             if listening_address(&line).is_some() {
