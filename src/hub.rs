@@ -24,6 +24,10 @@ pub type ConnectionId = u64;
 
 /// Queue capacity a connection keeps between bursts.
 const SMALL_QUEUE: usize = 8;
+/// Most bytes handed to the HTTP layer in one chunk (one frame may exceed it alone). Frames
+/// that do not fit wait in the connection's queue, so the queue's bound and priorities keep
+/// applying to a client that is behind, and a stalled client pins at most this much outside it.
+const MAX_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Every worker's shard of this replica's connections.
 pub struct Hub {
@@ -357,8 +361,10 @@ impl Subscriber {
         }
     }
 
-    /// Takes everything queued as one chunk. Durable events at or below `skip_through` were
-    /// already sent by the replay and are skipped.
+    /// Takes what is queued as one chunk of at most `MAX_CHUNK_BYTES` (always at least one
+    /// frame), high-priority events first. Durable events at or below `skip_through` were
+    /// already sent by the replay and are skipped. What does not fit stays queued, where a later
+    /// high-priority event can still overtake it and the queue's bound still counts it.
     pub fn take(&self, waker: &Waker, skip_through: Option<EventId>, now: u64) -> Output {
         let mut slot = self.slot.lock();
         if matches!(slot.closing, Some(Closing::Slow)) {
@@ -372,7 +378,10 @@ impl Subscriber {
         if let Some(keepalive) = slot.keepalive.take() {
             frames.push(keepalive);
         }
-        for (event, overtook_durable) in slot.high.drain(..) {
+        while !frames.is_full() {
+            let Some((event, overtook_durable)) = slot.high.pop_front() else {
+                break;
+            };
             if already_sent(&event) {
                 continue;
             }
@@ -384,7 +393,10 @@ impl Subscriber {
             });
             events += 1;
         }
-        for event in slot.normal.drain(..) {
+        while !frames.is_full() {
+            let Some(event) = slot.normal.pop_front() else {
+                break;
+            };
             if already_sent(&event) {
                 continue;
             }
@@ -392,16 +404,17 @@ impl Subscriber {
             frames.push(event.frame().clone());
             events += 1;
         }
+        let drained = slot.high.is_empty() && slot.normal.is_empty();
         // Give a burst's queue memory back, so an idle connection holds (almost) no buffer;
         // small queues are kept to spare an allocation per event.
-        if slot.normal.capacity() > SMALL_QUEUE {
+        if drained && slot.normal.capacity() > SMALL_QUEUE {
             slot.normal = VecDeque::new();
         }
-        if slot.high.capacity() > SMALL_QUEUE {
+        if drained && slot.high.capacity() > SMALL_QUEUE {
             slot.high = VecDeque::new();
         }
         let ended = match slot.closing.take() {
-            Some(Closing::After(last)) => {
+            Some(Closing::After(last)) if drained => {
                 frames.push(last);
                 slot.closing = Some(Closing::Slow);
                 true
@@ -446,12 +459,26 @@ impl Chunk {
         }
     }
 
+    fn len(&self) -> usize {
+        match (&self.first, &self.joined) {
+            (_, Some(joined)) => joined.len(),
+            (Some(first), None) => first.len(),
+            (None, None) => 0,
+        }
+    }
+
+    /// Whether the chunk reached `MAX_CHUNK_BYTES`.
+    fn is_full(&self) -> bool {
+        self.len() >= MAX_CHUNK_BYTES
+    }
+
     fn push(&mut self, frame: Bytes) {
         match (&self.first, &mut self.joined) {
             (None, _) => self.first = Some(frame),
             (Some(_), Some(joined)) => joined.extend_from_slice(&frame),
             (Some(first), None) => {
-                let mut joined = BytesMut::with_capacity(first.len() + frame.len() * self.expected);
+                let capacity = (first.len() + frame.len() * self.expected).min(MAX_CHUNK_BYTES + frame.len());
+                let mut joined = BytesMut::with_capacity(capacity);
                 joined.extend_from_slice(first);
                 joined.extend_from_slice(&frame);
                 self.joined = Some(joined);
@@ -530,6 +557,70 @@ mod tests {
             "event: a.b\ndata: {\"n\":1}\n\nevent: a.b\ndata: {\"n\":2}\n\n"
         );
         assert_eq!(text(subscriber.take(&waker, None, 0)), "<pending>");
+    }
+
+    fn big_event(n: u32) -> Arc<Event> {
+        let padding = "x".repeat(40 * 1024);
+        let raw = format!(r#"{{"type":"a.b","data":{{"n":{n},"pad":"{padding}"}}}}"#);
+        let envelope = Envelope::parse(raw.as_bytes(), 65536).expect("valid");
+        Arc::new(Event::new(OrgId::parse("o1").expect("valid"), None, envelope))
+    }
+
+    fn frames_in(output: &str) -> Vec<String> {
+        output
+            .split("\n\n")
+            .filter(|frame| !frame.is_empty())
+            .map(|frame| frame.split("\"pad\"").next().unwrap_or(frame).to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_chunk_stops_at_the_byte_budget_and_the_rest_stays_queued() {
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        for n in 1..=3 {
+            shard.publish(&big_event(n));
+        }
+        let (waker, _) = noop_waker();
+        let first = text(subscriber.take(&waker, None, 0));
+        assert_eq!(
+            frames_in(&first).len(),
+            2,
+            "two 40 kB frames reach the 64 kB budget"
+        );
+        assert!(frames_in(&text(subscriber.take(&waker, None, 0)))[0].contains("\"n\":3"));
+        assert_eq!(text(subscriber.take(&waker, None, 0)), "<pending>");
+    }
+
+    #[test]
+    fn high_priority_overtakes_events_left_queued_by_a_full_chunk() {
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        for n in 1..=3 {
+            shard.publish(&big_event(n));
+        }
+        let (waker, _) = noop_waker();
+        let _ = subscriber.take(&waker, None, 0);
+        shard.publish(&event("o1", None, "high", 9));
+        let next = text(subscriber.take(&waker, None, 0));
+        assert_eq!(frames_in(&next)[0], "event: a.b\ndata: {\"n\":9}");
+        assert!(frames_in(&next)[1].contains("\"n\":3"));
+    }
+
+    #[test]
+    fn the_final_frame_waits_for_what_is_still_queued() {
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        for n in 1..=3 {
+            shard.publish(&big_event(n));
+        }
+        shard.close_all(|| Bytes::from_static(b"bye\n\n"));
+        let (waker, _) = noop_waker();
+        let _ = subscriber.take(&waker, None, 0);
+        let last = text(subscriber.take(&waker, None, 0));
+        assert_eq!(frames_in(&last).len(), 2);
+        assert!(last.ends_with("bye\n\n"));
+        assert_eq!(text(subscriber.take(&waker, None, 0)), "<ended>");
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod health;
 mod history;
 mod limits;
 mod policy;
+mod priority;
 mod publish;
 mod redis_restart;
 mod replicas;
