@@ -32,6 +32,41 @@ fn default_workers(cores: usize) -> usize {
     cores.saturating_sub(1).max(1)
 }
 
+/// Open files kept for everything that is not a stream: Redis connections, the listener, the
+/// runtimes' epoll and event descriptors, and accepting the clients that are answered 503.
+const RESERVED_FILES: u64 = 512;
+
+/// Streams a process allowed `open_files` descriptors can hold while keeping `RESERVED_FILES`.
+fn streams_within(open_files: u64) -> usize {
+    usize::try_from(open_files.saturating_sub(RESERVED_FILES))
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// Raises the open-files soft limit to the hard limit, and lowers `limits.max_connections` to
+/// what that limit holds, so that a replica at its limit answers `503` with `Retry-After`
+/// instead of failing to accept.
+fn fit_connections_to_open_files(settings: &mut Settings) {
+    let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(open_files) => open_files,
+        Err(error) => {
+            tracing::warn!(%error, "could not read or raise the open-files limit");
+            return;
+        }
+    };
+    let streams = streams_within(open_files);
+    if settings.limits.max_connections > streams {
+        tracing::warn!(
+            open_files,
+            configured = settings.limits.max_connections,
+            effective = streams,
+            "limits.max_connections is more than the open-files limit holds; using the lower value \
+             (raise the hard limit, e.g. `ulimit -Hn` or the container's nofile, for more streams)"
+        );
+        settings.limits.max_connections = streams;
+    }
+}
+
 /// Org used by the sample commands printed when no key is configured.
 const DEMO_ORG: &str = "demo-org";
 
@@ -43,7 +78,8 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
+        fit_connections_to_open_files(&mut settings);
         let settings = Arc::new(settings);
         let configured_secret =
             Some(settings.auth.jwt_secret.clone()).filter(|s| !s.expose_secret().is_empty());
@@ -266,13 +302,23 @@ fn print_quickstart(settings: &Settings, secret: &SecretString, host: &str, port
 
 #[cfg(test)]
 mod tests {
-    use super::default_workers;
+    use super::{default_workers, streams_within};
 
     #[test]
     fn default_workers_leave_one_core_to_the_rest_of_the_process() {
         assert_eq!(default_workers(1), 1);
         assert_eq!(default_workers(2), 1);
         assert_eq!(default_workers(8), 7);
+    }
+
+    #[test]
+    fn streams_keep_files_for_the_rest_of_the_process() {
+        assert_eq!(streams_within(20_000), 19_488);
+    }
+
+    #[test]
+    fn a_tiny_open_files_limit_still_allows_one_stream() {
+        assert_eq!(streams_within(100), 1);
     }
 
     #[test]

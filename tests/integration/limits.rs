@@ -65,3 +65,15 @@ async fn connection_attempts_beyond_connect_rate_per_user_are_429() {
         "6 attempts in a burst with connect_rate_per_user = 2 must be limited: {statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn streams_beyond_what_the_open_files_limit_holds_are_503_with_retry_after() {
+    // 512 files stay reserved for the rest of the process: 530 leave room for 18 streams.
+    let app = spawn_app_with(|options| options.open_files_limit(530)).await;
+    let mut streams = Vec::new();
+    for n in 0..18 {
+        streams.push(app.connect_ready(&ops(&format!("user-{n}"), ORG), "").await);
+    }
+    let refused = send(app.events_request("").bearer_auth(ops("one-too-many", ORG))).await;
+    assert_refused_with_retry_after(refused, StatusCode::SERVICE_UNAVAILABLE).await;
+}

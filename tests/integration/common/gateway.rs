@@ -36,6 +36,8 @@ pub struct GatewayOptions {
     /// Whether `spawn_gateway` waits for `/readyz` to answer 200 (the default) after the
     /// `listening on` line, since streams are refused until the broker is connected.
     wait_until_ready: bool,
+    /// Started under `ulimit -n` of this many open files (soft and hard).
+    open_files_limit: Option<u64>,
 }
 
 impl GatewayOptions {
@@ -58,6 +60,7 @@ impl GatewayOptions {
             args: Vec::new(),
             serve_subcommand: true,
             wait_until_ready: true,
+            open_files_limit: None,
         }
     }
 
@@ -76,6 +79,12 @@ impl GatewayOptions {
     /// An extra argument after `serve`, e.g. `.arg("--config").arg(path)`.
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_string());
+        self
+    }
+
+    /// Starts the process with at most `limit` open files, as a hard limit it cannot raise.
+    pub fn open_files_limit(mut self, limit: u64) -> Self {
+        self.open_files_limit = Some(limit);
         self
     }
 
@@ -128,7 +137,8 @@ pub async fn spawn_gateway(options: GatewayOptions) -> Gateway {
         Vec::new()
     };
     args.extend(options.args.iter().map(String::as_str));
-    let (process, logs, mut lines, log_readers) = spawn_logged(&args, &options.all_env());
+    let (process, logs, mut lines, log_readers) =
+        spawn_logged(&args, &options.all_env(), options.open_files_limit);
 
     let wait_for_address = async {
         while let Some(line) = lines.recv().await {
@@ -177,8 +187,9 @@ type Logs = Arc<Mutex<Vec<String>>>;
 fn spawn_logged(
     args: &[&str],
     env: &[(String, String)],
+    open_files_limit: Option<u64>,
 ) -> (Child, Logs, mpsc::UnboundedReceiver<String>, Vec<JoinHandle<()>>) {
-    let mut process = gateway_command(args, env)
+    let mut process = gateway_command(args, env, open_files_limit)
         .kill_on_drop(true)
         .spawn()
         .expect("spawning the event-gateway binary");
@@ -221,9 +232,21 @@ fn listening_address(line: &str) -> Option<String> {
 }
 
 /// The binary with the crate root as working directory (for `config/default.toml`), an
-/// environment free of any inherited `GATEWAY*` or `RUST_LOG` setting, plus `env`.
-fn gateway_command(args: &[&str], env: &[(String, String)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_event-gateway"));
+/// environment free of any inherited `GATEWAY*` or `RUST_LOG` setting, plus `env`; started
+/// through `sh -c 'ulimit -n LIMIT && exec ...'` when an open-files limit is given.
+fn gateway_command(args: &[&str], env: &[(String, String)], open_files_limit: Option<u64>) -> Command {
+    let binary = env!("CARGO_BIN_EXE_event-gateway");
+    let mut command = match open_files_limit {
+        None => Command::new(binary),
+        Some(limit) => {
+            let mut shell = Command::new("sh");
+            shell
+                .arg("-c")
+                .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                .arg(binary);
+            shell
+        }
+    };
     command
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -245,7 +268,7 @@ pub async fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
         .iter()
         .map(|(key, value)| (key.to_string(), value.to_string()))
         .collect();
-    let child = gateway_command(args, &env)
+    let child = gateway_command(args, &env, None)
         .kill_on_drop(true)
         .spawn()
         .expect("spawning the event-gateway binary");
@@ -265,7 +288,8 @@ pub async fn expect_startup_failure(env: &[(&str, &str)]) -> (ExitStatus, String
     for (key, value) in env {
         options = options.env(key, value);
     }
-    let (mut process, logs, mut lines, readers) = spawn_logged(&["serve"], &options.all_env());
+    let (mut process, logs, mut lines, readers) =
+        spawn_logged(&["serve"], &options.all_env(), options.open_files_limit);
     let watch = async {
         while let Some(line) = lines.recv().await {
             if listening_address(&line).is_some() {
