@@ -129,6 +129,18 @@ run_one() { # run_one <scenario> <run number>
     stop_redis
 }
 
+# nginx + Nchan from Debian's packages, installed when an nchan-* scenario needs them; the
+# package's own nginx service is stopped (the runs start their own nginx).
+ensure_nchan() {
+    [[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ]] && command -v nginx >/dev/null && return
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo=sudo
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q nginx-light libnginx-mod-nchan
+    $sudo service nginx stop 2>/dev/null || $sudo pkill -f "nginx: master" || true
+}
+if [[ " $* " == *" nchan-"* ]]; then ensure_nchan; fi
+
 for scenario in "$@"; do
     for run in $(seq 1 "$RUNS"); do
         run_one "$scenario" "$run"
