@@ -2,10 +2,11 @@
 //! per connection into which each event's shared frame is pushed. Never awaits a client: a full
 //! queue closes that connection. No IO.
 //!
-//! Connections live in one `Shard` per HTTP worker thread. The dispatcher hands each event to
-//! every shard that has subscribers of its org (one cross-thread message per worker, not one
-//! wake-up per connection); the shard's own task then fans it out on the worker's thread, where
-//! waking a connection is a local queue push.
+//! Connections live in one `Shard` per HTTP worker thread. The dispatcher (on the first
+//! worker's thread) hands each event to every shard that has subscribers of its org: one message
+//! per worker, not one wake-up per connection, and a local one for its own worker; the shard's
+//! own task then fans it out on the worker's thread, where waking a connection is a local queue
+//! push.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

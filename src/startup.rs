@@ -109,7 +109,7 @@ impl Application {
             (Broker::Embedded(Arc::new(broker)), Registry::local(replica_name))
         } else {
             let broker =
-                RedisBroker::start(&settings, hub.clone(), shutdown.clone()).context("configuring Redis")?;
+                RedisBroker::new(&settings, hub.clone(), shutdown.clone()).context("configuring Redis")?;
             let registry = Registry::redis(replica_name, broker.pool());
             (Broker::Redis(broker), registry)
         };
@@ -139,6 +139,10 @@ impl Application {
         let server = HttpServer::new(move || {
             // Runs once per worker, on the worker's thread: its connections form one shard.
             let shard = web::Data::from(app_state.hub.add_shard());
+            // The first worker also reads Redis, so an event is fanned out where it arrives.
+            if let Broker::Redis(broker) = &app_state.broker {
+                broker.start_subscriber();
+            }
             App::new()
                 .app_data(app_state.clone())
                 .app_data(shard)

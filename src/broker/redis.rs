@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::{Pool, Runtime};
+use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -33,6 +34,17 @@ pub struct RedisBroker {
     subscriptions: Arc<Subscriptions>,
     /// Redis answered the last probe and the Functions are loaded.
     ready: Arc<AtomicBool>,
+    /// The pub/sub side, until `start_subscriber` starts it.
+    subscriber: Mutex<Option<Subscriber>>,
+}
+
+/// What the pub/sub side is made of before it runs.
+struct Subscriber {
+    client: redis::Client,
+    config: redis::aio::ConnectionManagerConfig,
+    pushes: UnboundedReceiver<PushInfo>,
+    dispatcher: Dispatcher,
+    shutdown: Shutdown,
 }
 
 /// Reads and writes durable history through the pool.
@@ -72,21 +84,19 @@ fn connection_info(url: &str) -> Result<redis::ConnectionInfo, redis::RedisError
 }
 
 impl RedisBroker {
-    /// Connects lazily (the gateway starts while Redis is down) and spawns the pub/sub
-    /// dispatcher, the health probe and the subscription sweeper.
-    pub fn start(settings: &Settings, hub: Arc<Hub>, shutdown: Shutdown) -> Result<Arc<Self>, BrokerError> {
+    /// Configures the command pool and the pub/sub side; nothing connects yet (the gateway
+    /// starts while Redis is down). `start_subscriber` then starts the pub/sub side.
+    pub fn new(settings: &Settings, hub: Arc<Hub>, shutdown: Shutdown) -> Result<Arc<Self>, BrokerError> {
         let url = settings.redis.url.trim();
         let (push_sender, pushes) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
         let client = redis::Client::open(connection_info(url).map_err(unavailable)?).map_err(unavailable)?;
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
+        let config = redis::aio::ConnectionManagerConfig::new()
             .set_push_sender(push_sender)
             .set_automatic_resubscription()
             .set_number_of_retries(usize::MAX)
             .set_max_delay(Duration::from_secs(2))
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT));
-        let subscriber =
-            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(unavailable)?;
         // Command connections get the same timeouts as the pub/sub one (redis-rs's default
         // response timeout, 500 ms, is shorter than a large durable batch legitimately takes).
         let connection_config = redis::AsyncConnectionConfig::new()
@@ -116,19 +126,11 @@ impl RedisBroker {
             max_events_per_org: settings.history.max_events_per_org,
             ack_ttl_secs: settings.history.retention_secs,
         };
-        let broker = Arc::new(Self {
-            pool,
-            history: history.clone(),
-            subscriptions: Arc::new(Subscriptions::new(
-                subscriber.clone(),
-                Duration::from_secs(settings.redis.unsubscribe_linger_secs),
-            )),
-            ready: Arc::new(AtomicBool::new(false)),
-        });
+        let ready = Arc::new(AtomicBool::new(false));
         let dispatcher = Dispatcher {
             hub,
-            history,
-            ready: broker.ready.clone(),
+            history: history.clone(),
+            ready: ready.clone(),
             max_event_bytes: settings.limits.max_event_bytes,
             subscribed: HashSet::new(),
             last_durable: HashMap::new(),
@@ -136,10 +138,45 @@ impl RedisBroker {
             refill: HashMap::new(),
             dropped_log: RateLimitedLog::new(Duration::from_secs(10)),
         };
-        tokio::spawn(dispatcher.run(pushes, shutdown.clone()));
-        tokio::spawn(probe_health(broker.clone(), subscriber, shutdown.clone()));
-        tokio::spawn(sweep_subscriptions(broker.subscriptions.clone(), shutdown));
-        Ok(broker)
+        Ok(Arc::new(Self {
+            pool,
+            history,
+            subscriptions: Arc::new(Subscriptions::new(Duration::from_secs(
+                settings.redis.unsubscribe_linger_secs,
+            ))),
+            ready,
+            subscriber: Mutex::new(Some(Subscriber {
+                client,
+                config,
+                pushes,
+                dispatcher,
+                shutdown,
+            })),
+        }))
+    }
+
+    /// Starts the pub/sub connection (connecting lazily, reconnecting forever), its dispatcher,
+    /// the health probe and the subscription sweeper on the calling thread's runtime; later calls
+    /// do nothing. Called by the first HTTP worker, so that the messages are read on the thread
+    /// that fans them out: with one worker, an event crosses no thread between Redis and the
+    /// socket writes. (redis-rs runs a connection's tasks on the runtime that creates it.)
+    pub fn start_subscriber(self: &Arc<Self>) {
+        let Some(parts) = self.subscriber.lock().take() else {
+            return;
+        };
+        let connection = match ConnectionManager::new_lazy_with_config(parts.client, parts.config) {
+            Ok(connection) => connection,
+            Err(error) => {
+                // Only a configuration the code above never builds fails here; the replica
+                // then stays not ready, which its readiness probe reports.
+                tracing::error!(%error, "Could not set up the Redis pub/sub connection.");
+                return;
+            }
+        };
+        self.subscriptions.attach(connection.clone());
+        tokio::spawn(parts.dispatcher.run(parts.pushes, parts.shutdown.clone()));
+        tokio::spawn(probe_health(self.clone(), connection, parts.shutdown.clone()));
+        tokio::spawn(sweep_subscriptions(self.subscriptions.clone(), parts.shutdown));
     }
 
     pub fn is_ready(&self) -> bool {

@@ -2,7 +2,7 @@
 //! when an org's first local client arrives, UNSUBSCRIBE a while after its last one leaves.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -26,8 +26,10 @@ pub fn org_of_channel(channel: &[u8]) -> Option<OrgId> {
 }
 
 pub struct Subscriptions {
-    /// The replica's one pub/sub connection (RESP3; it resubscribes by itself after reconnecting).
-    connection: ConnectionManager,
+    /// The replica's one pub/sub connection (RESP3; it resubscribes by itself after reconnecting),
+    /// attached once it is created on the thread that reads it (`RedisBroker::start_subscriber`).
+    connection: OnceLock<ConnectionManager>,
+    attached: tokio::sync::Notify,
     /// Subscribed orgs and how many local streams hold each. An entry exists only once Redis
     /// has confirmed the subscription.
     state: Mutex<HashMap<OrgId, Holders>>,
@@ -67,12 +69,32 @@ impl Drop for Lease {
 }
 
 impl Subscriptions {
-    pub fn new(connection: ConnectionManager, linger: Duration) -> Self {
+    pub fn new(linger: Duration) -> Self {
         Self {
-            connection,
+            connection: OnceLock::new(),
+            attached: tokio::sync::Notify::new(),
             state: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
             linger,
+        }
+    }
+
+    /// Attaches the pub/sub connection; streams waiting for it go on.
+    pub fn attach(&self, connection: ConnectionManager) {
+        if self.connection.set(connection).is_ok() {
+            self.attached.notify_waiters();
+        }
+    }
+
+    /// The pub/sub connection, once attached.
+    async fn connection(&self) -> ConnectionManager {
+        loop {
+            // Created before the check, so an `attach` in between is not missed.
+            let attached = self.attached.notified();
+            if let Some(connection) = self.connection.get() {
+                return connection.clone();
+            }
+            attached.await;
         }
     }
 
@@ -108,8 +130,11 @@ impl Subscriptions {
         let _changes = self.changes.lock().await;
         for org in missing {
             if !self.hold_existing(org) {
-                let mut connection = self.connection.clone();
-                tokio::time::timeout(SUBSCRIBE_TIMEOUT, connection.subscribe(channel_of(org)))
+                let subscribe = async {
+                    let mut connection = self.connection().await;
+                    connection.subscribe(channel_of(org)).await
+                };
+                tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe)
                     .await
                     .map_err(|_| BrokerError::Unavailable("SUBSCRIBE timed out".into()))?
                     .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
@@ -140,6 +165,9 @@ impl Subscriptions {
 
     /// Unsubscribes the orgs nobody has held for the linger time.
     pub async fn sweep(&self) {
+        let Some(connection) = self.connection.get() else {
+            return;
+        };
         let _changes = self.changes.lock().await;
         let idle: Vec<OrgId> = {
             let mut state = self.state.lock();
@@ -154,7 +182,7 @@ impl Subscriptions {
             idle
         };
         for org in idle {
-            let mut connection = self.connection.clone();
+            let mut connection = connection.clone();
             if let Err(error) = connection.unsubscribe(channel_of(&org)).await {
                 tracing::warn!(org = %org, %error, "Unsubscribing an idle org failed; it stays subscribed until reconnection.");
             }
