@@ -27,7 +27,8 @@ pub type ConnectionId = u64;
 const SMALL_QUEUE: usize = 8;
 /// Most bytes handed to the HTTP layer in one chunk (one frame may exceed it alone). Frames
 /// that do not fit wait in the connection's queue, so the queue's bound and priorities keep
-/// applying to a client that is behind, and a stalled client pins at most this much outside it.
+/// applying to a client that is behind; a stalled client holds at most one chunk beyond the
+/// 128 KiB that actix-http buffers before it stops polling the body.
 const MAX_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Every worker's shard of this replica's connections.
