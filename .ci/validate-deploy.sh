@@ -122,8 +122,8 @@ check "yamllint ${#yaml_files[@]} files (compose, Chart.yaml, values.yaml, ci va
 
 # --- shell scripts --------------------------------------------------------------------------
 section "shell scripts"
-check "shellcheck (render.sh, topology-test.sh, validate-deploy.sh)" \
-  shellcheck -x deploy/nginx/render.sh deploy/topology-test.sh .ci/validate-deploy.sh
+check "shellcheck (render.sh, topology-test.sh, validate-deploy.sh, bench/run.sh)" \
+  shellcheck -x deploy/nginx/render.sh deploy/topology-test.sh .ci/validate-deploy.sh bench/run.sh
 check "python syntax (topology_check.py, validate_deploy_helpers.py)" \
   python -m py_compile deploy/topology_check.py .ci/validate_deploy_helpers.py
 

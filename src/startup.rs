@@ -25,7 +25,7 @@ use crate::shutdown::Shutdown;
 use crate::sse;
 
 /// HTTP workers when `server.workers` is 0: one per core but one, and at least one. The core
-/// left over runs the Redis subscriber, the accept thread and the kernel's share of every write;
+/// left over runs the accept thread, the housekeeping and the kernel's share of every write;
 /// with a worker on it too, fan-out bursts queue behind one another (on 2 cores, the 800 ev/s
 /// fan-out's p99 is 235 ms with two workers and 62 ms with one, at less CPU per delivery).
 fn default_workers(cores: usize) -> usize {
@@ -50,7 +50,7 @@ fn fit_connections_to_open_files(settings: &mut Settings) {
     let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(open_files) => open_files,
         Err(error) => {
-            tracing::warn!(%error, "could not read or raise the open-files limit");
+            tracing::warn!(%error, "Could not read or raise the open-files limit.");
             return;
         }
     };
@@ -61,7 +61,7 @@ fn fit_connections_to_open_files(settings: &mut Settings) {
             configured = settings.limits.max_connections,
             effective = streams,
             "limits.max_connections is more than the open-files limit holds; using the lower value \
-             (raise the hard limit, e.g. `ulimit -Hn` or the container's nofile, for more streams)"
+             (raise the hard limit, e.g. `ulimit -Hn` or the container's nofile, for more streams)."
         );
         settings.limits.max_connections = streams;
     }
