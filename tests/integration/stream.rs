@@ -177,6 +177,40 @@ async fn thousand_live_events_arrive_in_publish_order() {
 }
 
 #[tokio::test]
+async fn with_several_http_workers_every_stream_gets_every_event_in_order() {
+    // The streams spread over the workers; the first worker reads Redis and hands each event to
+    // the others.
+    let app = spawn_app_with(|options| options.env("GATEWAY__SERVER__WORKERS", "3")).await;
+    let mut streams = Vec::new();
+    for n in 0..9 {
+        streams.push(app.connect_ready(&ops(&format!("user-{n}"), ORG), "").await);
+    }
+    let live = (0..50)
+        .map(|n| {
+            (
+                ORG.to_string(),
+                Value::from(envelope(ORG, "ticket.updated", &format!("live-{n}"))),
+            )
+        })
+        .collect();
+    app.publish_live_all(live).await;
+    let durable: Vec<Value> = (0..50)
+        .map(|n| envelope(ORG, "ticket.updated", &format!("durable-{n}")).into())
+        .collect();
+    let ids = app.publish_durable(&durable).await;
+    for stream in &mut streams {
+        for n in 0..50 {
+            assert_eq!(stream.next_data_event().await.label(), format!("live-{n}"));
+        }
+        for (n, id) in ids.iter().enumerate() {
+            let event = stream.next_data_event().await;
+            assert_eq!(event.label(), format!("durable-{n}"));
+            assert_eq!(event.id.as_ref(), Some(id));
+        }
+    }
+}
+
+#[tokio::test]
 async fn types_filter_passes_exact_types_and_prefixes() {
     let app = spawn_app().await;
     let mut alice = app
