@@ -568,6 +568,16 @@ mod tests {
         Arc::new(Event::new(OrgId::parse("o1").expect("valid"), None, envelope))
     }
 
+    /// A subscriber with three 40 kB events queued: more than one chunk holds.
+    fn three_big_events_queued() -> (Shard, Arc<Subscriber>) {
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        for n in 1..=3 {
+            shard.publish(&big_event(n));
+        }
+        (shard, subscriber)
+    }
+
     fn frames_in(output: &str) -> Vec<String> {
         output
             .split("\n\n")
@@ -578,11 +588,7 @@ mod tests {
 
     #[test]
     fn a_chunk_stops_at_the_byte_budget_and_the_rest_stays_queued() {
-        let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
-        for n in 1..=3 {
-            shard.publish(&big_event(n));
-        }
+        let (_shard, subscriber) = three_big_events_queued();
         let (waker, _) = noop_waker();
         let first = text(subscriber.take(&waker, None, 0));
         assert_eq!(
@@ -596,11 +602,7 @@ mod tests {
 
     #[test]
     fn high_priority_overtakes_events_left_queued_by_a_full_chunk() {
-        let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
-        for n in 1..=3 {
-            shard.publish(&big_event(n));
-        }
+        let (shard, subscriber) = three_big_events_queued();
         let (waker, _) = noop_waker();
         let _ = subscriber.take(&waker, None, 0);
         shard.publish(&event("o1", None, "high", 9));
@@ -611,11 +613,7 @@ mod tests {
 
     #[test]
     fn the_final_frame_waits_for_what_is_still_queued() {
-        let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
-        for n in 1..=3 {
-            shard.publish(&big_event(n));
-        }
+        let (shard, subscriber) = three_big_events_queued();
         shard.close_all(|| Bytes::from_static(b"bye\n\n"));
         let (waker, _) = noop_waker();
         let _ = subscriber.take(&waker, None, 0);

@@ -1,16 +1,16 @@
 //! CONTRACT §7, priority: a `priority: high` event jumps ahead of the normal events queued for a
 //! client that is behind; one that overtakes queued durable events comes without its `id:` line.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 use crate::common::envelope::envelope;
+use crate::common::raw::raw_stream;
 use crate::common::token::ops;
-use crate::common::{spawn_app, within, TestApp, STEP_TIMEOUT};
+use crate::common::{spawn_app, within, TestApp};
 
 const ORG: &str = "org-1";
 /// Normal events published while the client does not read: 60 kB each, 9 MB in all, more than
@@ -30,29 +30,9 @@ fn urgent_event() -> Value {
         .into()
 }
 
-/// A stream read over a bare socket with a 4 kB receive buffer, so that the gateway's queue for
-/// it fills while the test does not read. Returns once the stream is subscribed (`connected`).
+/// A stream that the test does not read for now (see `raw_stream`), once it is subscribed.
 async fn stalled_stream(app: &TestApp, token: &str) -> (TcpStream, Vec<u8>) {
-    let address: SocketAddr = app
-        .base_url()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the gateway listens on IP:PORT");
-    let socket = TcpSocket::new_v4().expect("creating a TCP socket");
-    socket
-        .set_recv_buffer_size(4096)
-        .expect("shrinking the receive buffer");
-    let mut stream = within(STEP_TIMEOUT, "a TCP connection", socket.connect(address))
-        .await
-        .expect("connecting to the gateway");
-    let request = format!(
-        "GET /api/events HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
-         Accept: text/event-stream\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("sending the request");
+    let mut stream = raw_stream(app, token).await;
     let mut received = Vec::new();
     read_until(&mut stream, &mut received, &["event: connected"]).await;
     (stream, received)

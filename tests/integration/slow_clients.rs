@@ -1,15 +1,15 @@
 //! CONTRACT §7, slow clients: a client that stops reading is cut off once its bounded queue is
 //! full, the others are not delayed, and the cut-off client recovers from history.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::common::envelope::envelope;
+use crate::common::raw::raw_stream;
 use crate::common::sse::SseClient;
 use crate::common::token::ops;
 use crate::common::{eventually, spawn_app_with, within, TestApp, STEP_TIMEOUT};
@@ -162,35 +162,6 @@ async fn cut_off_client_resumes_from_history_without_missing_anything() {
     assert_eq!(resumed.next_data_event().await.label(), "control");
 }
 
-/// Sends `GET /api/events` over a bare TCP socket with a small receive buffer and then never
-/// reads a byte, as a stuck client or a dead peer behind a proxy would.
-async fn raw_stream_that_never_reads(app: &TestApp, token: &str) -> TcpStream {
-    let address: SocketAddr = app
-        .base_url()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the gateway listens on IP:PORT");
-    let socket = TcpSocket::new_v4().expect("creating a TCP socket");
-    socket
-        .set_recv_buffer_size(4096)
-        .expect("shrinking the receive buffer");
-    let mut stream = within(STEP_TIMEOUT, "a TCP connection", socket.connect(address))
-        .await
-        .expect("connecting to the gateway");
-    let request = format!(
-        "GET /api/events HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
-         Accept: text/event-stream\r\n\r\n"
-    );
-    within(
-        STEP_TIMEOUT,
-        "sending the request",
-        stream.write_all(request.as_bytes()),
-    )
-    .await
-    .expect("sending the request");
-    stream
-}
-
 /// Reads whatever the gateway managed to send before it closed the connection.
 async fn read_until_closed(stream: &mut TcpStream) -> String {
     let mut received = Vec::new();
@@ -215,7 +186,7 @@ async fn read_until_closed(stream: &mut TcpStream) -> String {
 #[tokio::test]
 async fn raw_tcp_client_that_never_reads_is_cut_while_a_normal_client_keeps_receiving() {
     let app = spawn_app_with_small_queues().await;
-    let raw = raw_stream_that_never_reads(&app, &ops("stuck", ORG)).await;
+    let raw = raw_stream(&app, &ops("stuck", ORG)).await;
     eventually(
         STEP_TIMEOUT,
         "the gateway to count the raw client's stream",
