@@ -18,7 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
 use crate::event::{Event, EventId, OrgId, Priority};
-use crate::metrics::METRICS;
+use crate::metrics::{DeliveryStats, METRICS};
 use crate::policy::Viewer;
 
 pub type ConnectionId = u64;
@@ -57,6 +57,8 @@ pub struct Shard {
     connections: Mutex<HashMap<ConnectionId, Arc<Subscriber>>>,
     queue_capacity: usize,
     next_id: Arc<AtomicU64>,
+    /// This worker's delivery counters (written by its streams, on its thread).
+    stats: Arc<DeliveryStats>,
 }
 
 /// One open stream as the hub sees it.
@@ -118,12 +120,7 @@ impl Hub {
     /// Creates the shard of the calling worker and starts its fan-out task on the worker's
     /// runtime. Called once per HTTP worker, on that worker's thread.
     pub fn add_shard(&self) -> Arc<Shard> {
-        let shard = Arc::new(Shard {
-            orgs: RwLock::new(HashMap::new()),
-            connections: Mutex::new(HashMap::new()),
-            queue_capacity: self.queue_capacity,
-            next_id: self.next_id.clone(),
-        });
+        let shard = Arc::new(Shard::new(self.queue_capacity, self.next_id.clone()));
         let (inbox, events) = mpsc::unbounded_channel();
         actix_web::rt::spawn(fan_out(shard.clone(), events));
         self.shards.write().push(ShardHandle {
@@ -195,12 +192,22 @@ async fn fan_out(shard: Arc<Shard>, mut events: mpsc::UnboundedReceiver<Arc<Even
 impl Shard {
     /// A shard not attached to a hub, fed by calling `publish` directly.
     pub fn detached(queue_capacity: usize) -> Self {
+        Self::new(queue_capacity, Arc::new(AtomicU64::new(0)))
+    }
+
+    fn new(queue_capacity: usize, next_id: Arc<AtomicU64>) -> Self {
         Self {
             orgs: RwLock::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
             queue_capacity,
-            next_id: Arc::new(AtomicU64::new(0)),
+            next_id,
+            stats: METRICS.delivery_stats(),
         }
+    }
+
+    /// The delivery counters of this shard's worker.
+    pub fn stats(&self) -> &DeliveryStats {
+        &self.stats
     }
 
     /// Adds a subscriber for every org of `viewer`. From now on it queues the events it may see.

@@ -1,9 +1,12 @@
 //! Every metric, defined once, and its Prometheus text rendering. Counters are plain atomics so
-//! that the hot path pays one relaxed add; label sets are small and fixed.
+//! that the hot path pays one relaxed add; label sets are small and fixed. What is counted per
+//! socket write (deliveries, fan-out latency) lives in one `DeliveryStats` per HTTP worker, so
+//! no cache line moves between cores on a write; `render` sums them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -52,15 +55,13 @@ pub struct Metrics {
     connections_opened: AtomicU64,
     received_live: AtomicU64,
     received_durable: AtomicU64,
-    delivered: AtomicU64,
+    /// Every worker's delivery counters, in creation order; never removed, so sums only grow.
+    deliveries: Mutex<Vec<Arc<DeliveryStats>>>,
     published: AtomicU64,
     dropped: Mutex<BTreeMap<&'static str, u64>>,
     slow_consumer_disconnects: AtomicU64,
     auth_failures: Mutex<BTreeMap<&'static str, u64>>,
     redis_reconnects: AtomicU64,
-    fanout_buckets: [AtomicU64; FANOUT_BUCKETS.len()],
-    fanout_count: AtomicU64,
-    fanout_sum_nanos: AtomicU64,
     /// Connections of this replica, all roles together (for limits).
     open: AtomicI64,
 }
@@ -70,17 +71,40 @@ pub static METRICS: Metrics = Metrics {
     connections_opened: AtomicU64::new(0),
     received_live: AtomicU64::new(0),
     received_durable: AtomicU64::new(0),
-    delivered: AtomicU64::new(0),
+    deliveries: Mutex::new(Vec::new()),
     published: AtomicU64::new(0),
     dropped: Mutex::new(BTreeMap::new()),
     slow_consumer_disconnects: AtomicU64::new(0),
     auth_failures: Mutex::new(BTreeMap::new()),
     redis_reconnects: AtomicU64::new(0),
-    fanout_buckets: [const { AtomicU64::new(0) }; FANOUT_BUCKETS.len()],
-    fanout_count: AtomicU64::new(0),
-    fanout_sum_nanos: AtomicU64::new(0),
     open: AtomicI64::new(0),
 };
+
+/// What one HTTP worker counts per socket write. Only that worker's thread writes it; aligned
+/// to its own cache lines so that two workers' counters never share one.
+#[repr(align(128))]
+pub struct DeliveryStats {
+    delivered: AtomicU64,
+    fanout_buckets: [AtomicU64; FANOUT_BUCKETS.len()],
+    fanout_count: AtomicU64,
+    fanout_sum_nanos: AtomicU64,
+}
+
+impl DeliveryStats {
+    pub fn events_delivered(&self, count: u64) {
+        self.delivered.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub fn observe_fanout(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(bucket) = FANOUT_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.fanout_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.fanout_count.fetch_add(1, Ordering::Relaxed);
+        self.fanout_sum_nanos
+            .fetch_add(elapsed.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+}
 
 impl Metrics {
     /// Exports every labelled series at zero, so dashboards and alerts see them from start-up.
@@ -136,8 +160,16 @@ impl Metrics {
         self.published.fetch_add(count as u64, Ordering::Relaxed);
     }
 
-    pub fn events_delivered(&self, count: u64) {
-        self.delivered.fetch_add(count, Ordering::Relaxed);
+    /// New delivery counters for one worker, included in every later `render`.
+    pub fn delivery_stats(&self) -> Arc<DeliveryStats> {
+        let stats = Arc::new(DeliveryStats {
+            delivered: AtomicU64::new(0),
+            fanout_buckets: [const { AtomicU64::new(0) }; FANOUT_BUCKETS.len()],
+            fanout_count: AtomicU64::new(0),
+            fanout_sum_nanos: AtomicU64::new(0),
+        });
+        self.deliveries.lock().push(stats.clone());
+        stats
     }
 
     pub fn event_dropped(&self, reason: &'static str) {
@@ -156,20 +188,14 @@ impl Metrics {
         self.redis_reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn observe_fanout(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        if let Some(bucket) = FANOUT_BUCKETS.iter().position(|bound| seconds <= *bound) {
-            self.fanout_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        }
-        self.fanout_count.fetch_add(1, Ordering::Relaxed);
-        self.fanout_sum_nanos
-            .fetch_add(elapsed.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let deliveries = self.deliveries.lock().clone();
+        let total = |pick: &dyn Fn(&DeliveryStats) -> &AtomicU64| -> u64 {
+            deliveries.iter().map(|stats| load(pick(stats))).sum()
+        };
 
         header(
             &mut out,
@@ -213,7 +239,7 @@ impl Metrics {
             &mut out,
             EVENTS_DELIVERED,
             "Events written to client streams.",
-            load(&self.delivered),
+            total(&|stats| &stats.delivered),
         );
 
         header(
@@ -249,16 +275,16 @@ impl Metrics {
             "Time from broker receipt to the socket write.",
         );
         let mut cumulative = 0;
-        for (bound, bucket) in FANOUT_BUCKETS.iter().zip(&self.fanout_buckets) {
-            cumulative += load(bucket);
+        for (index, bound) in FANOUT_BUCKETS.iter().enumerate() {
+            cumulative += total(&|stats| &stats.fanout_buckets[index]);
             let _ = writeln!(out, "{FANOUT_SECONDS}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
-        let count = load(&self.fanout_count);
+        let count = total(&|stats| &stats.fanout_count);
         let _ = writeln!(out, "{FANOUT_SECONDS}_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(
             out,
             "{FANOUT_SECONDS}_sum {}",
-            load(&self.fanout_sum_nanos) as f64 / 1e9
+            total(&|stats| &stats.fanout_sum_nanos) as f64 / 1e9
         );
         let _ = writeln!(out, "{FANOUT_SECONDS}_count {count}");
         out
@@ -284,6 +310,24 @@ fn escape(label: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn delivered_total() -> u64 {
+        METRICS
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix("gateway_events_delivered_total "))
+            .and_then(|value| value.parse().ok())
+            .expect("a gateway_events_delivered_total sample")
+    }
+
+    #[test]
+    fn deliveries_of_every_worker_are_summed() {
+        let (first, second) = (METRICS.delivery_stats(), METRICS.delivery_stats());
+        let before = delivered_total();
+        first.events_delivered(2);
+        second.events_delivered(3);
+        assert_eq!(delivered_total() - before, 5);
+    }
 
     #[test]
     fn every_contract_metric_is_rendered_from_start_up() {

@@ -15,7 +15,6 @@ use crate::broker::{Lease, Permit, Replay};
 use crate::clock::unix_secs;
 use crate::event::EventId;
 use crate::hub::{Output, Shard, Subscriber};
-use crate::metrics::METRICS;
 
 /// `retry: <ms>` — how long the client waits before reconnecting.
 pub fn retry_frame(millis: u64) -> Bytes {
@@ -129,11 +128,12 @@ impl Stream for EventStream {
                 events,
                 oldest,
             } => {
+                let stats = this.shard.stats();
                 if events > 0 {
-                    METRICS.events_delivered(events);
+                    stats.events_delivered(events);
                 }
                 if let Some(received_at) = oldest {
-                    METRICS.observe_fanout(received_at.elapsed());
+                    stats.observe_fanout(received_at.elapsed());
                 }
                 Poll::Ready(Some(Ok(bytes)))
             }

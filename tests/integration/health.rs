@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
+use crate::common::envelope::envelope;
 use crate::common::http::assert_error;
-use crate::common::{eventually, spawn_app};
+use crate::common::token::ops;
+use crate::common::{eventually, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn healthz_is_200() {
@@ -87,4 +89,35 @@ async fn opened_streams_are_counted() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn delivered_events_are_counted_with_their_fanout_latency_across_workers() {
+    // Two workers, so the count is the sum of both workers' counters.
+    let app = spawn_app_with(|options| options.env("GATEWAY__SERVER__WORKERS", "2")).await;
+    let mut streams = Vec::new();
+    for user in ["alice", "bob", "carol", "dave"] {
+        streams.push(app.connect_ready(&ops(user, "org-1"), "").await);
+    }
+    for label in ["e1", "e2", "e3"] {
+        app.publish_live("org-1", envelope("org-1", "ticket.updated", label))
+            .await;
+    }
+    for stream in &mut streams {
+        for label in ["e1", "e2", "e3"] {
+            assert_eq!(stream.next_data_event().await.label(), label);
+        }
+    }
+    eventually(
+        Duration::from_secs(5),
+        "gateway_events_delivered_total to count 4 streams x 3 events",
+        || async { app.metric_total("gateway_events_delivered_total").await == 12.0 },
+    )
+    .await;
+    // One observation per write: at least one per stream, at most one per delivery.
+    let writes = app.metric_total("gateway_fanout_seconds_count").await;
+    assert!(
+        (4.0..=12.0).contains(&writes),
+        "gateway_fanout_seconds_count is {writes}"
+    );
 }
