@@ -1,29 +1,13 @@
 //! CONTRACT §7, limits: streams per replica (503), per user (429), and connection rate (429),
 //! each answered with `Retry-After` and a JSON error.
 
-use reqwest::header::RETRY_AFTER;
-use reqwest::{Response, StatusCode};
+use reqwest::StatusCode;
 
-use crate::common::http::{assert_error_status, send};
+use crate::common::http::{assert_refused_with_retry_after, send};
 use crate::common::spawn_app_with;
 use crate::common::token::ops;
 
 const ORG: &str = "org-1";
-
-async fn assert_refused_with_retry_after(response: Response, status: StatusCode) {
-    assert_eq!(response.status(), status);
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        retry_after.parse::<u64>().is_ok(),
-        "a {status} must carry Retry-After in seconds, got {retry_after:?}"
-    );
-    assert_error_status(response, status).await;
-}
 
 #[tokio::test]
 async fn stream_beyond_max_connections_is_503_with_retry_after() {

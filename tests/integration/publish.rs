@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::common::envelope::envelope;
 use crate::common::gateway::run_cli;
-use crate::common::http::{assert_error, json_body, send};
+use crate::common::http::{accepted_ids, assert_error, fcall_publish, send};
 use crate::common::token::{ops, service, TokenBuilder, TEST_SECRET};
 use crate::common::{spawn_app, spawn_app_with};
 
@@ -17,25 +17,13 @@ fn ticket(label: &str) -> Value {
     envelope(ORG, TICKET, label).into()
 }
 
-async fn ids_of(response: reqwest::Response) -> Vec<String> {
-    let status = response.status();
-    let body = json_body(response).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "POST /api/publish: {body}");
-    body["ids"]
-        .as_array()
-        .unwrap_or_else(|| panic!("202 body must be {{\"ids\":[...]}}, got {body}"))
-        .iter()
-        .map(|id| id.as_str().expect("ids are strings").to_string())
-        .collect()
-}
-
 // --- POST /api/publish ----------------------------------------------------------------------
 
 #[tokio::test]
 async fn http_publish_of_one_envelope_is_202_and_delivered_with_its_id() {
     let app = spawn_app().await;
     let mut olivia = app.connect_ready(&ops("olivia", ORG), "").await;
-    let ids = ids_of(app.publish_http(&service(&[ORG]), &ticket("one")).await).await;
+    let ids = accepted_ids(app.publish_http(&service(&[ORG]), &ticket("one")).await).await;
     assert_eq!(ids.len(), 1, "one envelope, one id: {ids:?}");
     let event = olivia.next_data_event().await;
     assert_eq!(event.event, TICKET);
@@ -48,7 +36,7 @@ async fn http_publish_of_a_batch_returns_ids_in_order_and_delivers_in_order() {
     let app = spawn_app().await;
     let mut olivia = app.connect_ready(&ops("olivia", ORG), "").await;
     let batch = json!([ticket("first"), ticket("second"), ticket("third")]);
-    let ids = ids_of(app.publish_http(&service(&[ORG]), &batch).await).await;
+    let ids = accepted_ids(app.publish_http(&service(&[ORG]), &batch).await).await;
     assert_eq!(ids.len(), 3, "{ids:?}");
     for (label, id) in ["first", "second", "third"].into_iter().zip(&ids) {
         let event = olivia.next_data_event().await;
@@ -299,13 +287,7 @@ async fn fcall_publish_returns_the_id_the_client_receives() {
     let app = spawn_app().await;
     let mut olivia = app.connect_ready(&ops("olivia", ORG), "").await;
     let answer = app
-        .redis_command(
-            redis::cmd("FCALL")
-                .arg("event_gateway_publish")
-                .arg(0)
-                .arg(ORG)
-                .arg(ticket("durable").to_string()),
-        )
+        .redis_command(&fcall_publish(ORG, &ticket("durable").to_string()))
         .await
         .expect("FCALL event_gateway_publish succeeds for a valid envelope");
     let id: String = redis::FromRedisValue::from_redis_value(answer)
@@ -319,15 +301,7 @@ async fn fcall_publish_returns_the_id_the_client_receives() {
 async fn fcall_with_a_malformed_envelope_is_a_redis_error_and_stores_nothing() {
     let app = spawn_app().await;
     for (reason, payload) in malformed_live_payloads() {
-        let answer = app
-            .redis_command(
-                redis::cmd("FCALL")
-                    .arg("event_gateway_publish")
-                    .arg(0)
-                    .arg(ORG)
-                    .arg(payload),
-            )
-            .await;
+        let answer = app.redis_command(&fcall_publish(ORG, &payload)).await;
         assert!(answer.is_err(), "FCALL with {reason} must fail, got {answer:?}");
     }
     app.publish_durable(&[ticket("control")]).await;

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::common::envelope::envelope;
 use crate::common::gateway::{spawn_gateway, GatewayOptions};
+use crate::common::http::fcall_publish;
 use crate::common::redis_server::RedisServer;
 use crate::common::sse::SseClient;
 use crate::common::token::ops;
@@ -20,16 +21,12 @@ const RECOVERY: Duration = Duration::from_secs(30);
 
 /// `FCALL event_gateway_publish` on a fresh connection, as a backend publishes durably right
 /// after Redis comes back; retried until the restarted Redis answers with an id.
-async fn fcall_publish(redis: &RedisServer, label: &str) -> String {
+async fn fcall_publish_retrying(redis: &RedisServer, label: &str) -> String {
     let payload = envelope(ORG, TICKET, label).into_string();
     let attempt = || async {
         let client = redis::Client::open(redis.url()).ok()?;
         let mut connection = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("FCALL")
-            .arg("event_gateway_publish")
-            .arg(0)
-            .arg(ORG)
-            .arg(&payload)
+        fcall_publish(ORG, &payload)
             .query_async::<String>(&mut connection)
             .await
             .ok()
@@ -92,7 +89,7 @@ async fn durable_events_before_during_and_after_a_redis_restart_all_arrive() {
     app.redis.restart().await;
     // Published the moment Redis is back, while the gateway is still reconnecting.
     for n in 0..PER_PHASE {
-        published.push(fcall_publish(&app.redis, &format!("during {n}")).await);
+        published.push(fcall_publish_retrying(&app.redis, &format!("during {n}")).await);
     }
     let still_reconnecting = app.get("/readyz").await.status() != StatusCode::OK;
     app.wait_for_status("/readyz", 200, RECOVERY).await;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::common::envelope::envelope;
 use crate::common::gateway::{spawn_gateway, Gateway, GatewayOptions};
-use crate::common::http::{assert_error, json_body, send};
+use crate::common::http::{assert_error, assert_refused_with_retry_after, json_body, send};
 use crate::common::redis_server::RedisServer;
 use crate::common::token::{ops, TokenBuilder};
 use crate::common::{eventually, within, STEP_TIMEOUT};
@@ -81,6 +81,22 @@ fn connections_of(report: &Value, replica: &str) -> Option<u64> {
         .as_u64()
 }
 
+/// Waits until `GET /api/connections` on `gateway` reports 1 stream on replica-a and 2 on
+/// replica-b (registry entries follow within a heartbeat).
+async fn until_one_on_a_and_two_on_b(gateway: &Gateway, caller: &str) {
+    eventually(
+        Duration::from_secs(10),
+        "GET /api/connections reports 1 stream on replica-a and 2 on replica-b",
+        || async {
+            let report = connections(gateway, caller).await;
+            report["total"] == 3
+                && connections_of(&report, "replica-a") == Some(1)
+                && connections_of(&report, "replica-b") == Some(2)
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn connections_endpoint_counts_streams_on_every_replica() {
     let redis = RedisServer::start().await;
@@ -93,17 +109,7 @@ async fn connections_endpoint_counts_streams_on_every_replica() {
         .await;
     let _ops = b.connect_ready(&ops("olivia", ORG), "").await;
     let caller = ops("auditor", ORG);
-    eventually(
-        Duration::from_secs(10),
-        "GET /api/connections reports 3 streams on 2 replicas",
-        || async {
-            let report = connections(&a, &caller).await;
-            report["total"] == 3
-                && connections_of(&report, "replica-a") == Some(1)
-                && connections_of(&report, "replica-b") == Some(2)
-        },
-    )
-    .await;
+    until_one_on_a_and_two_on_b(&a, &caller).await;
     let report = connections(&b, &caller).await;
     assert_eq!(report["total"], 3, "{report}");
     for role in ["landlord", "tenant", "ops"] {
@@ -143,11 +149,7 @@ async fn per_user_connection_limit_holds_across_replicas() {
         send(a.events_request("").bearer_auth(&token)),
     )
     .await;
-    assert!(
-        third.headers().contains_key(reqwest::header::RETRY_AFTER),
-        "a 429 carries Retry-After"
-    );
-    crate::common::http::assert_error_status(third, StatusCode::TOO_MANY_REQUESTS).await;
+    assert_refused_with_retry_after(third, StatusCode::TOO_MANY_REQUESTS).await;
 }
 
 #[tokio::test]
@@ -160,17 +162,7 @@ async fn replica_killed_with_sigkill_stops_being_counted_after_the_ttl() {
         b.connect_ready(&ops("owen", ORG), "").await,
     ];
     let caller = ops("auditor", ORG);
-    eventually(
-        Duration::from_secs(10),
-        "GET /api/connections reports 1 stream on replica-a and 2 on replica-b",
-        || async {
-            let report = connections(&a, &caller).await;
-            report["total"] == 3
-                && connections_of(&report, "replica-a") == Some(1)
-                && connections_of(&report, "replica-b") == Some(2)
-        },
-    )
-    .await;
+    until_one_on_a_and_two_on_b(&a, &caller).await;
 
     b.kill_hard().await;
     let killed = tokio::time::Instant::now();

@@ -382,15 +382,7 @@ impl Gateway {
         let response = self
             .publish_http(&super::token::service(&orgs), &Value::from(envelopes.to_vec()))
             .await;
-        let status = response.status();
-        let body = super::http::json_body(response).await;
-        assert_eq!(status, 202, "POST /api/publish answered {status}: {body}");
-        body["ids"]
-            .as_array()
-            .unwrap_or_else(|| panic!("202 body without ids: {body}"))
-            .iter()
-            .map(|id| id.as_str().expect("ids are strings").to_string())
-            .collect()
+        super::http::accepted_ids(response).await
     }
 
     async fn redis(&self) -> MultiplexedConnection {

@@ -1,6 +1,6 @@
 //! Plain HTTP helpers: bounded request sends and the error-body contract (CONTRACT §8).
 
-use reqwest::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 
@@ -76,4 +76,45 @@ pub fn assert_bearer_challenge(response: &Response) {
         challenge.starts_with("Bearer"),
         "a 401 must carry WWW-Authenticate: Bearer, got {challenge:?}"
     );
+}
+
+/// Asserts a refusal the client should retry later: `status`, a `Retry-After` in seconds, and
+/// the JSON error body.
+pub async fn assert_refused_with_retry_after(response: Response, status: StatusCode) {
+    assert_eq!(response.status(), status);
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        retry_after.parse::<u64>().is_ok(),
+        "a {status} must carry Retry-After in seconds, got {retry_after:?}"
+    );
+    assert_error_status(response, status).await;
+}
+
+/// The ids of a `202` answer to `POST /api/publish` (`{"ids":[...]}`), asserting the status.
+pub async fn accepted_ids(response: Response) -> Vec<String> {
+    let status = response.status();
+    let body = json_body(response).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "POST /api/publish answered {status}: {body}"
+    );
+    body["ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("202 body must be {{\"ids\":[...]}}, got {body}"))
+        .iter()
+        .map(|id| id.as_str().expect("ids are strings").to_string())
+        .collect()
+}
+
+/// `FCALL event_gateway_publish 0 <org> <payload>`: a durable publish as a backend sends it.
+pub fn fcall_publish(org: &str, payload: &str) -> redis::Cmd {
+    let mut command = redis::cmd("FCALL");
+    command.arg("event_gateway_publish").arg(0).arg(org).arg(payload);
+    command
 }
