@@ -453,3 +453,47 @@ async fn token_subcommand_sets_every_claim_it_is_given() {
     assert_eq!(claims["contractorId"], "c-7");
     assert!(claims["exp"].as_i64().expect("exp is a number") > now_secs());
 }
+
+// --- Public keys, end to end ----------------------------------------------------------------
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/keys/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rsa_private_key() -> Vec<u8> {
+    std::fs::read(fixture("rsa-private.pem")).expect("reading the RSA test key")
+}
+
+#[tokio::test]
+async fn rs256_token_whose_kid_is_in_the_jwks_file_opens_a_stream() {
+    let app = spawn_app_with(|options| options.env("GATEWAY__AUTH__JWKS_PATH", &fixture("jwks.json"))).await;
+    let token = valid("olivia").sign_rs256(&rsa_private_key(), "rsa-2026");
+    let mut olivia = app.connect(&token, "").await;
+    olivia.expect_connected().await;
+}
+
+#[tokio::test]
+async fn rs256_token_with_a_kid_missing_from_the_jwks_file_is_401_unknown_key() {
+    let app = spawn_app_with(|options| options.env("GATEWAY__AUTH__JWKS_PATH", &fixture("jwks.json"))).await;
+    let token = valid("olivia").sign_rs256(&rsa_private_key(), "rotated-away");
+    assert_error(
+        subscribe_with(&app, &token).await,
+        StatusCode::UNAUTHORIZED,
+        "unknown_key",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn hs256_token_signed_with_the_public_key_is_401_algorithm_not_allowed() {
+    let public_key = fixture("rsa-public.pem");
+    let app = spawn_app_with(|options| options.env("GATEWAY__AUTH__PUBLIC_KEY_PEM", &public_key)).await;
+    let pem = std::fs::read_to_string(&public_key).expect("reading the RSA public key");
+    let confused = valid("mallory").secret(&pem).sign();
+    assert_error(
+        subscribe_with(&app, &confused).await,
+        StatusCode::UNAUTHORIZED,
+        "algorithm_not_allowed",
+    )
+    .await;
+}

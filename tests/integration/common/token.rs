@@ -90,6 +90,18 @@ impl TokenBuilder {
         .expect("signing a test token")
     }
 
+    /// Signs with an RSA private key (PEM) as RS256, naming `kid` in the header.
+    pub fn sign_rs256(self, private_key_pem: &[u8], kid: &str) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.to_string());
+        jsonwebtoken::encode(
+            &header,
+            &Value::Object(self.claims),
+            &EncodingKey::from_rsa_pem(private_key_pem).expect("an RSA private key in PEM"),
+        )
+        .expect("signing a test token")
+    }
+
     /// The same claims under `{"alg":"none"}` with an empty signature, as an attacker would send.
     pub fn unsigned_alg_none(self) -> String {
         let header = json!({"alg": "none", "typ": "JWT"}).to_string();
