@@ -22,6 +22,8 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("{message}")]
     TooLarge { code: &'static str, message: String },
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     #[error("the gateway is not ready: {0}")]
     NotReady(String),
     #[error("the gateway is shutting down; reconnect to another replica")]
@@ -38,6 +40,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the broker refused the request: {0}")]
     BrokerRejected(String),
+    /// The detail is logged where this is built, never sent: it may hold Redis internals.
+    #[error("the gateway could not complete the request; it has been logged")]
+    Internal,
 }
 
 impl From<BrokerError> for ApiError {
@@ -45,6 +50,10 @@ impl From<BrokerError> for ApiError {
         match error {
             BrokerError::Unavailable(reason) => Self::NotReady(reason),
             BrokerError::Rejected(reason) => Self::BrokerRejected(reason),
+            BrokerError::Failed(detail) => {
+                tracing::error!(%detail, "Redis failed a request.");
+                Self::Internal
+            }
         }
     }
 }
@@ -63,6 +72,7 @@ impl ApiError {
             Self::Forbidden(PolicyError::OrgNotInToken(_)) => "org_forbidden",
             Self::Forbidden(_) => "role_forbidden",
             Self::BadRequest { code, .. } | Self::TooLarge { code, .. } => code,
+            Self::BodyTimeout(_) => "body_timeout",
             Self::NotReady(_) => "not_ready",
             Self::Draining => "draining",
             Self::ServerFull => "server_full",
@@ -71,6 +81,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BrokerRejected(_) => "invalid_envelope",
+            Self::Internal => "internal_error",
         }
     }
 }
@@ -82,10 +93,12 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadRequest { .. } | Self::BrokerRejected(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NotReady(_) | Self::Draining | Self::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited(_) | Self::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -145,6 +158,15 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["error"]["code"], "not_ready");
         assert!(response.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn a_redis_failure_is_500_without_its_detail() {
+        let failure = BrokerError::Failed("ERR invalid start ID for the interval @user_function:176".into());
+        let (status, body, _) = body_of(failure.into());
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"]["code"], "internal_error");
+        assert!(!body.to_string().contains("user_function"), "{body}");
     }
 
     #[test]

@@ -80,8 +80,12 @@ pub struct EventId {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("event id must look like <milliseconds>-<sequence>")]
+#[error("event id must look like <milliseconds>-<sequence>, with a time before the year 10000")]
 pub struct InvalidEventId;
+
+/// The last millisecond of the year 9999: no id of this gateway's is later, so any id it
+/// parses also has a successor that Redis can range from.
+const MAX_ID_MILLIS: u64 = 253_402_300_799_999;
 
 impl EventId {
     /// The smallest id published at or after `millis`.
@@ -112,8 +116,12 @@ impl FromStr for EventId {
         if !digits(millis) || !digits(seq) {
             return Err(InvalidEventId);
         }
+        let millis = millis.parse().map_err(|_| InvalidEventId)?;
+        if millis > MAX_ID_MILLIS {
+            return Err(InvalidEventId);
+        }
         Ok(Self {
-            millis: millis.parse().map_err(|_| InvalidEventId)?,
+            millis,
             seq: seq.parse().map_err(|_| InvalidEventId)?,
         })
     }
@@ -348,24 +356,25 @@ impl Event {
         }
     }
 
-    /// Decodes a message from the org's pub/sub channel: either a plain envelope (live) or
-    /// `<event id> <envelope>` (durable, as the publish Function sends it).
-    pub fn decode_message(org: &OrgId, payload: &[u8], max_bytes: usize) -> Result<Self, EnvelopeError> {
-        let (id, envelope) = match payload.first() {
-            Some(b) if b.is_ascii_digit() => {
-                let space = payload
-                    .iter()
-                    .position(|&b| b == b' ')
-                    .ok_or(EnvelopeError::InvalidId)?;
-                let id = std::str::from_utf8(&payload[..space])
-                    .ok()
-                    .and_then(|raw| raw.parse::<EventId>().ok())
-                    .ok_or(EnvelopeError::InvalidId)?;
-                (Some(id), &payload[space + 1..])
-            }
-            _ => (None, payload),
-        };
-        Self::decode_stored(org, id, envelope, max_bytes)
+    /// Decodes a message from the org's live channel: always a plain envelope, never an id.
+    /// Whatever a publisher writes there (even text that looks like `<id> <envelope>`) is an
+    /// envelope or nothing, so a plain `PUBLISH` cannot forge a durable id.
+    pub fn decode_live(org: &OrgId, payload: &[u8], max_bytes: usize) -> Result<Self, EnvelopeError> {
+        Self::decode_stored(org, None, payload, max_bytes)
+    }
+
+    /// Decodes a message from the org's durable channel, which only the publish Function writes:
+    /// `<event id> <envelope>`.
+    pub fn decode_durable(org: &OrgId, payload: &[u8], max_bytes: usize) -> Result<Self, EnvelopeError> {
+        let space = payload
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or(EnvelopeError::InvalidId)?;
+        let id = std::str::from_utf8(&payload[..space])
+            .ok()
+            .and_then(|raw| raw.parse::<EventId>().ok())
+            .ok_or(EnvelopeError::InvalidId)?;
+        Self::decode_stored(org, Some(id), &payload[space + 1..], max_bytes)
     }
 
     /// Decodes an envelope kept in history (or published live) under `org` with an optional id.
@@ -462,7 +471,18 @@ mod tests {
         assert_eq!(id.to_string(), "1700000000000-7");
         assert!(id < "1700000000000-8".parse().expect("valid id"));
         assert!(id < "1700000000001-0".parse().expect("valid id"));
-        for bad in ["", "1", "-1", "1-", "a-1", "1-1-1", "1--1", "1 -1"] {
+        for bad in [
+            "",
+            "1",
+            "-1",
+            "1-",
+            "a-1",
+            "1-1-1",
+            "1--1",
+            "1 -1",
+            "253402300800000-0",
+            "18446744073709551615-18446744073709551615",
+        ] {
             assert_eq!(bad.parse::<EventId>(), Err(InvalidEventId), "{bad}");
         }
     }
@@ -545,14 +565,11 @@ mod tests {
 
     #[test]
     fn durable_messages_carry_their_id_before_the_envelope() {
-        let event = Event::decode_message(&org("o1"), br#"12-3 {"type":"a.b","data":{}}"#, LIMIT)
+        let event = Event::decode_durable(&org("o1"), br#"12-3 {"type":"a.b","data":{}}"#, LIMIT)
             .expect("valid message");
         assert_eq!(event.id, Some(EventId { millis: 12, seq: 3 }));
-        let live = Event::decode_message(&org("o1"), br#" {"type":"a.b","data":{}}"#, LIMIT)
-            .expect("valid live message");
-        assert_eq!(live.id, None);
         assert_eq!(
-            Event::decode_message(&org("o1"), b"12x {}", LIMIT)
+            Event::decode_durable(&org("o1"), b"12x {}", LIMIT)
                 .expect_err("bad id")
                 .reason(),
             "invalid_id"
@@ -560,8 +577,22 @@ mod tests {
     }
 
     #[test]
+    fn live_messages_never_carry_an_id_even_when_they_imitate_the_durable_framing() {
+        let forged = br#"99999999999999-0 {"type":"ticket.created","data":{}}"#;
+        assert_eq!(
+            Event::decode_live(&org("o1"), forged, LIMIT)
+                .expect_err("not an envelope")
+                .reason(),
+            "invalid_json"
+        );
+        let live = Event::decode_live(&org("o1"), br#" {"type":"a.b","data":{}}"#, LIMIT)
+            .expect("valid live message");
+        assert_eq!(live.id, None);
+    }
+
+    #[test]
     fn envelope_for_another_org_is_refused() {
-        let err = Event::decode_message(&org("o1"), br#"{"type":"a.b","orgId":"o2","data":{}}"#, LIMIT)
+        let err = Event::decode_live(&org("o1"), br#"{"type":"a.b","orgId":"o2","data":{}}"#, LIMIT)
             .expect_err("org mismatch");
         assert_eq!(err.reason(), "org_mismatch");
     }

@@ -76,11 +76,17 @@ impl Policy {
         })
     }
 
-    /// Checks that `claims` may publish to `org`.
-    pub fn check_publish(&self, claims: &Claims, org: &OrgId) -> Result<(), PolicyError> {
+    /// Checks that `claims`' role may publish at all (before anything of the body is read).
+    pub fn check_may_publish(&self, claims: &Claims) -> Result<(), PolicyError> {
         self.rule(&claims.role)
             .filter(|rule| rule.publish)
-            .ok_or_else(|| PolicyError::MayPublish(claims.role.clone()))?;
+            .map(|_| ())
+            .ok_or_else(|| PolicyError::MayPublish(claims.role.clone()))
+    }
+
+    /// Checks that `claims` may publish to `org`.
+    pub fn check_publish(&self, claims: &Claims, org: &OrgId) -> Result<(), PolicyError> {
+        self.check_may_publish(claims)?;
         if claims.orgs.contains(org) {
             Ok(())
         } else {

@@ -39,6 +39,8 @@ pub struct ServerSettings {
     pub replica_name: String,
     pub shutdown_timeout_secs: u64,
     pub workers: usize,
+    /// Seconds a request body may take to arrive in full (`408` after).
+    pub body_timeout_secs: u64,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -211,7 +213,8 @@ impl Settings {
                 ));
             }
         }
-        let positive: [(&'static str, u64); 9] = [
+        let positive: [(&'static str, u64); 10] = [
+            ("server.body_timeout_secs", self.server.body_timeout_secs),
             ("sse.keepalive_secs", self.sse.keepalive_secs),
             ("sse.queue_capacity", self.sse.queue_capacity as u64),
             ("history.retention_secs", self.history.retention_secs),

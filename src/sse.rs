@@ -49,7 +49,7 @@ pub struct ConnectedInfo<'a> {
 }
 
 /// The frames a stream starts with: `retry:`, `connected`, then the replay (with
-/// `history.truncated` first when the start is older than the history kept).
+/// `history.truncated` first when the replay cannot start where the client asked).
 pub fn opening_frames(
     retry_ms: u64,
     connected: &ConnectedInfo<'_>,
@@ -67,11 +67,12 @@ pub fn opening_frames(
     let mut frames = BytesMut::with_capacity(256);
     frames.put_slice(&retry_frame(retry_ms));
     frames.put_slice(format!("event: connected\ndata: {connected_data}\n\n").as_bytes());
-    if let Some(oldest) = &replay.truncated {
+    if let Some(truncation) = &replay.truncated {
+        let oldest_id = truncation.oldest_id.map(|id| id.to_string()).unwrap_or_default();
         frames.put_slice(
             format!(
                 "event: history.truncated\ndata: {}\n\n",
-                json!({ "oldestId": oldest })
+                json!({ "oldestId": oldest_id, "reason": truncation.reason.as_str() })
             )
             .as_bytes(),
         );

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{merge_by_id, PublishItem, Replay, ReplayFrom};
+use super::{merge_by_id, PublishItem, ReplayFrom, Snapshot};
 use crate::clock::unix_millis;
 use crate::event::{Event, EventId, OrgId};
 use crate::hub::Hub;
@@ -82,27 +82,32 @@ impl EmbeddedBroker {
         ids
     }
 
-    pub fn replay(&self, orgs: &[OrgId], from: ReplayFrom) -> Replay {
+    pub(super) fn snapshot(&self, orgs: &[OrgId], from: ReplayFrom) -> Snapshot {
         let now = unix_millis();
         let mut state = self.state.lock();
+        let mut snapshot = Snapshot {
+            last_issued: state.last_id,
+            ..Snapshot::default()
+        };
         let mut per_org = Vec::with_capacity(orgs.len());
-        let mut truncated: Option<EventId> = None;
-        let mut high_water = None;
         for org in orgs {
             let Some(history) = state.orgs.get_mut(org) else {
                 continue;
             };
             history.trim(now, self.retention_millis, self.max_events_per_org);
+            let oldest = history.events.front().and_then(|e| e.id);
+            if let Some(oldest) = oldest {
+                snapshot.oldest_kept = Some(snapshot.oldest_kept.map_or(oldest, |o| o.min(oldest)));
+            }
             if history
                 .max_deleted
                 .is_some_and(|deleted| deleted > from.boundary())
             {
-                let oldest = history.events.front().and_then(|e| e.id).or(history.max_deleted);
-                if let Some(oldest) = oldest {
-                    truncated = Some(truncated.map_or(oldest, |t| t.min(oldest)));
+                if let Some(oldest) = oldest.or(history.max_deleted) {
+                    snapshot.trimmed = Some(snapshot.trimmed.map_or(oldest, |t| t.min(oldest)));
                 }
             }
-            high_water = high_water.max(history.events.back().and_then(|e| e.id));
+            snapshot.high_water = snapshot.high_water.max(history.events.back().and_then(|e| e.id));
             per_org.push(
                 history
                     .events
@@ -112,11 +117,13 @@ impl EmbeddedBroker {
                     .collect(),
             );
         }
-        Replay {
-            events: merge_by_id(per_org),
-            truncated: truncated.map(|id| id.to_string()),
-            high_water,
-        }
+        snapshot.events = merge_by_id(per_org);
+        snapshot
+    }
+
+    /// The newest id handed out, if any.
+    pub fn last_issued(&self) -> Option<EventId> {
+        self.state.lock().last_id
     }
 
     pub fn save_ack(&self, user: &str, id: EventId) {
@@ -131,6 +138,7 @@ impl EmbeddedBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::{Broker, Replay, Truncation, TruncationReason};
     use crate::event::Envelope;
 
     fn item(org: &str, n: u32) -> PublishItem {
@@ -142,47 +150,116 @@ mod tests {
         }
     }
 
-    fn broker(max_events: usize) -> EmbeddedBroker {
-        EmbeddedBroker::new(Arc::new(Hub::new(16)), 3600, max_events)
+    fn broker(max_events: usize) -> Broker {
+        Broker::Embedded(Arc::new(EmbeddedBroker::new(
+            Arc::new(Hub::new(16)),
+            3600,
+            max_events,
+        )))
+    }
+
+    fn publish(broker: &Broker, items: Vec<PublishItem>) -> Vec<EventId> {
+        match broker {
+            Broker::Embedded(embedded) => embedded.publish(items),
+            Broker::Redis(_) => unreachable!("an embedded broker"),
+        }
     }
 
     fn orgs(names: &[&str]) -> Vec<OrgId> {
         names.iter().map(|o| OrgId::parse(o).expect("valid")).collect()
     }
 
+    async fn replay(broker: &Broker, orgs: &[OrgId], from: ReplayFrom) -> Replay {
+        broker
+            .replay(orgs, from)
+            .await
+            .expect("the embedded broker never fails")
+    }
+
+    fn ids_of(replay: &Replay) -> Vec<EventId> {
+        replay.events.iter().filter_map(|e| e.id).collect()
+    }
+
     #[test]
     fn ids_increase_across_orgs() {
         let broker = broker(100);
-        let ids = broker.publish(vec![item("a", 1), item("b", 2), item("a", 3)]);
+        let ids = publish(&broker, vec![item("a", 1), item("b", 2), item("a", 3)]);
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     }
 
-    #[test]
-    fn replay_after_an_id_merges_orgs_in_id_order() {
+    #[tokio::test]
+    async fn replay_after_an_id_merges_orgs_in_id_order() {
         let broker = broker(100);
-        let ids = broker.publish(vec![item("a", 1), item("b", 2), item("a", 3), item("c", 4)]);
-        let replay = broker.replay(&orgs(&["a", "b"]), ReplayFrom::After(ids[0]));
-        let replayed: Vec<_> = replay.events.iter().filter_map(|e| e.id).collect();
-        assert_eq!(replayed, vec![ids[1], ids[2]]);
+        let ids = publish(
+            &broker,
+            vec![item("a", 1), item("b", 2), item("a", 3), item("c", 4)],
+        );
+        let replay = replay(&broker, &orgs(&["a", "b"]), ReplayFrom::After(ids[0])).await;
+        assert_eq!(ids_of(&replay), vec![ids[1], ids[2]]);
         assert_eq!(replay.truncated, None);
-        assert_eq!(replay.high_water, Some(ids[2]));
+        assert_eq!(replay.replayed_through, Some(ids[2]));
     }
 
-    #[test]
-    fn history_is_bounded_and_reports_truncation() {
+    #[tokio::test]
+    async fn history_is_bounded_and_reports_truncation() {
         let broker = broker(2);
-        let ids = broker.publish(vec![item("a", 1), item("a", 2), item("a", 3), item("a", 4)]);
-        let replay = broker.replay(&orgs(&["a"]), ReplayFrom::After(ids[0]));
-        let replayed: Vec<_> = replay.events.iter().filter_map(|e| e.id).collect();
-        assert_eq!(replayed, vec![ids[2], ids[3]]);
-        assert_eq!(replay.truncated, Some(ids[2].to_string()));
-        let recent = broker.replay(&orgs(&["a"]), ReplayFrom::After(ids[2]));
+        let ids = publish(
+            &broker,
+            vec![item("a", 1), item("a", 2), item("a", 3), item("a", 4)],
+        );
+        let replay = replay(&broker, &orgs(&["a"]), ReplayFrom::After(ids[0])).await;
+        assert_eq!(ids_of(&replay), vec![ids[2], ids[3]]);
+        assert_eq!(
+            replay.truncated,
+            Some(Truncation {
+                oldest_id: Some(ids[2]),
+                reason: TruncationReason::Trimmed
+            })
+        );
+        let recent = replay_recent(&broker, ids[2]).await;
         assert_eq!(recent.truncated, None);
+    }
+
+    async fn replay_recent(broker: &Broker, after: EventId) -> Replay {
+        replay(broker, &orgs(&["a"]), ReplayFrom::After(after)).await
+    }
+
+    #[tokio::test]
+    async fn an_id_never_issued_replays_everything_kept_after_a_reset_notice() {
+        let broker = broker(100);
+        let ids = publish(&broker, vec![item("a", 1), item("a", 2)]);
+        let forged = EventId {
+            millis: ids[1].millis + 1_000_000,
+            seq: 0,
+        };
+        let replay = replay_recent(&broker, forged).await;
+        assert_eq!(ids_of(&replay), ids);
+        assert_eq!(
+            replay.truncated,
+            Some(Truncation {
+                oldest_id: Some(ids[0]),
+                reason: TruncationReason::Reset
+            })
+        );
+        assert_eq!(
+            replay.replayed_through,
+            Some(ids[1]),
+            "live events after the forged id are not skipped"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_newest_issued_id_is_a_known_position() {
+        let broker = broker(100);
+        let ids = publish(&broker, vec![item("a", 1)]);
+        let replay = replay_recent(&broker, ids[0]).await;
+        assert!(replay.events.is_empty());
+        assert_eq!(replay.truncated, None);
     }
 
     #[test]
     fn acks_are_kept_per_user() {
-        let broker = broker(2);
+        let broker = EmbeddedBroker::new(Arc::new(Hub::new(16)), 3600, 2);
         let id = EventId { millis: 5, seq: 0 };
         broker.save_ack("u1", id);
         assert_eq!(broker.load_ack("u1"), Some(id));

@@ -1,15 +1,19 @@
 #!lua name=event_gateway
 -- event-gateway's Redis Functions, loaded by every replica at start-up and whenever it finds
--- them missing (FUNCTION LOAD REPLACE). The limits below are filled in from the configuration.
+-- them missing or different (FUNCTION LOAD REPLACE). The limits below are filled in from the configuration.
 --
 --   FCALL event_gateway_publish 0 <org> <envelope-json>   -> event id
 --   FCALL_RO event_gateway_replay 0 <start> <count> <org> [<org> ...]
+--   FCALL_RO event_gateway_version 0                         -> digest of this library
 --
 -- Event ids are "<ms>-<seq>" from ONE counter per Redis (key events:last-id), so they are
 -- totally ordered across all orgs and sort by publish time. Each org's history is the stream
 -- events:history:<org>, whose entry ids are the event ids. The publish appends to the stream and
--- PUBLISHes "<id> <envelope>" on events:org:<org> in one atomic step.
+-- PUBLISHes "<id> <envelope>" on events:durable:<org> in one atomic step. That channel is the
+-- Function's alone (live publishers use events:org:<org>, which never carries ids), so an ACL
+-- can keep plain publishers from imitating durable events.
 
+local VERSION = '__VERSION__'
 local MAX_EVENTS = __MAX_EVENTS__
 local RETENTION_MS = __RETENTION_MS__
 local MAX_BYTES = __MAX_BYTES__
@@ -154,12 +158,21 @@ local function publish(keys, args)
   redis.call('XADD', stream, id, 'e', payload)
   trim(org, stream, ms)
   redis.call('PEXPIRE', stream, RETENTION_MS)
-  redis.call('PUBLISH', 'events:org:' .. org, id .. ' ' .. payload)
+  redis.call('PUBLISH', 'events:durable:' .. org, id .. ' ' .. payload)
   return id
 end
 
--- One consistent snapshot of several orgs' history. For each org:
--- { org, newest trimmed id or '0-0', oldest kept id or '', { {id, {'e', envelope}}, ... } }
+-- The newest id ever issued, or '0-0': an id above it was never issued.
+local function last_issued()
+  local last = redis.call('HMGET', 'events:last-id', 'ms', 'seq')
+  if last[1] then
+    return last[1] .. '-' .. last[2]
+  end
+  return '0-0'
+end
+
+-- One consistent snapshot of several orgs' history: { newest id issued, per_org } where per_org
+-- holds for each org { org, newest trimmed id or '0-0', oldest kept id or '', { {id, {'e', envelope}}, ... } }
 local function replay(keys, args)
   local start, count = args[1], args[2]
   local out = {}
@@ -177,7 +190,7 @@ local function replay(keys, args)
     end
     out[#out + 1] = {org, deleted, oldest, entries}
   end
-  return out
+  return {last_issued(), out}
 end
 
 -- Connection registry. Each replica (name#boot-id) keeps a hash events:replica:<id> with
@@ -236,7 +249,14 @@ local function registry(keys, args)
   return out
 end
 
+-- FCALL_RO event_gateway_version 0 -> a digest of this library's text (limits included), so a
+-- replica can tell whether the loaded library is the one it would load.
+local function version()
+  return VERSION
+end
+
 redis.register_function('event_gateway_publish', publish)
+redis.register_function{function_name = 'event_gateway_version', callback = version, flags = {'no-writes'}}
 redis.register_function('event_gateway_conn_open', conn_open)
 redis.register_function{function_name = 'event_gateway_registry', callback = registry, flags = {'no-writes'}}
 redis.register_function{function_name = 'event_gateway_replay', callback = replay, flags = {'no-writes'}}

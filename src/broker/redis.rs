@@ -12,8 +12,8 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::subscriptions::{org_of_channel, Subscriptions};
-use super::{merge_by_id, BrokerError, Lease, PublishItem, Replay, ReplayFrom};
+use super::subscriptions::{parse_channel, ChannelKind, Subscriptions};
+use super::{merge_by_id, BrokerError, Lease, PublishItem, ReplayFrom, Snapshot};
 use crate::clock::unix_millis;
 use crate::event::{EnvelopeError, Event, EventId, OrgId};
 use crate::hub::Hub;
@@ -23,10 +23,11 @@ use crate::shutdown::Shutdown;
 use crate::telemetry::RateLimitedLog;
 
 const FUNCTIONS_TEMPLATE: &str = include_str!("functions.lua");
-const LIBRARY: &str = "event_gateway";
 /// How often readiness is probed (and the Functions reloaded if Redis lost them).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// The publish Function's id counter (see functions.lua).
+const LAST_ID_KEY: &str = "events:last-id";
 
 pub struct RedisBroker {
     pool: Pool,
@@ -52,6 +53,10 @@ struct Subscriber {
 struct History {
     pool: Pool,
     functions: Arc<str>,
+    /// Digest of `functions`, which `event_gateway_version` answers once they are loaded.
+    version: Arc<str>,
+    /// Replicas whose libraries differ replace each other's; say so now and then.
+    replaced_log: Arc<RateLimitedLog>,
     max_event_bytes: usize,
     max_events_per_org: usize,
     ack_ttl_secs: u64,
@@ -69,8 +74,33 @@ fn command_error(error: redis::RedisError) -> BrokerError {
     {
         BrokerError::Unavailable(error.to_string())
     } else {
-        BrokerError::Rejected(error.detail().unwrap_or("rejected").to_string())
+        BrokerError::Failed(error.to_string())
     }
+}
+
+/// Errors the publish Function raises for a bad envelope or org start with these words; any
+/// other error of a publish is the broker's, not the publisher's.
+const FUNCTION_REFUSALS: [&str; 3] = ["invalid envelope", "invalid org id", "missing envelope"];
+
+/// Like `command_error`, but a refusal by the publish Function is the publisher's fault.
+fn publish_error(error: redis::RedisError) -> BrokerError {
+    match error.detail() {
+        Some(detail)
+            if FUNCTION_REFUSALS
+                .iter()
+                .any(|refusal| detail.starts_with(refusal)) =>
+        {
+            BrokerError::Rejected(detail.to_string())
+        }
+        _ => command_error(error),
+    }
+}
+
+/// FNV-1a: a digest that is the same for the same text on every build and platform.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn is_missing_function(error: &redis::RedisError) -> bool {
@@ -119,9 +149,13 @@ impl RedisBroker {
                 &(settings.history.retention_secs * 1000).to_string(),
             )
             .replace("__MAX_BYTES__", &settings.limits.max_event_bytes.to_string());
+        let version = format!("{:016x}", fnv1a(functions.as_bytes()));
+        let functions = functions.replace("__VERSION__", &version);
         let history = History {
             pool: pool.clone(),
             functions: functions.into(),
+            version: version.into(),
+            replaced_log: Arc::new(RateLimitedLog::new(Duration::from_secs(60))),
             max_event_bytes: settings.limits.max_event_bytes,
             max_events_per_org: settings.history.max_events_per_org,
             ack_ttl_secs: settings.history.retention_secs,
@@ -214,20 +248,33 @@ impl RedisBroker {
                 pipeline
                     .query_async(&mut *connection)
                     .await
-                    .map_err(command_error)?
+                    .map_err(publish_error)?
             }
-            Err(error) => return Err(command_error(error)),
+            Err(error) => return Err(publish_error(error)),
         };
         ids.iter()
             .map(|id| {
                 id.parse()
-                    .map_err(|_| BrokerError::Rejected(format!("unexpected event id {id:?}")))
+                    .map_err(|_| BrokerError::Failed(format!("unexpected event id {id:?}")))
             })
             .collect()
     }
 
-    pub async fn replay(&self, orgs: &[OrgId], from: ReplayFrom) -> Result<Replay, BrokerError> {
-        self.history.replay(orgs, from).await
+    pub(super) async fn snapshot(&self, orgs: &[OrgId], from: ReplayFrom) -> Result<Snapshot, BrokerError> {
+        self.history.snapshot(orgs, from).await
+    }
+
+    /// The newest id the publish Function has handed out, if any.
+    pub async fn last_issued(&self) -> Result<Option<EventId>, BrokerError> {
+        let mut connection = self.pool.get().await.map_err(unavailable)?;
+        let (millis, seq): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(LAST_ID_KEY)
+            .arg("ms")
+            .arg("seq")
+            .query_async(&mut *connection)
+            .await
+            .map_err(command_error)?;
+        Ok(millis.zip(seq).map(|(millis, seq)| EventId { millis, seq }))
     }
 
     pub async fn save_ack(&self, user: &str, id: EventId) -> Result<(), BrokerError> {
@@ -251,6 +298,8 @@ fn ack_key(user: &str) -> String {
 
 /// One org's part of a replay snapshot: org, max deleted id, oldest kept id, entries.
 type OrgSnapshot = (String, String, String, Vec<(String, Vec<Vec<u8>>)>);
+/// What `event_gateway_replay` answers: the newest id issued, then one part per org.
+type SnapshotReply = (String, Vec<OrgSnapshot>);
 
 impl History {
     async fn load_functions(&self, connection: &mut deadpool_redis::Connection) -> Result<(), BrokerError> {
@@ -264,25 +313,43 @@ impl History {
         Ok(())
     }
 
-    /// Loads the Functions when Redis does not have them (first start, or a restart without
-    /// persistence).
+    /// Loads the Functions when Redis does not have them (first start, a restart without
+    /// persistence, a promoted replica) or has another version of them (an upgrade, or a
+    /// replica configured with other history limits).
     async fn ensure_functions(&self, connection: &mut deadpool_redis::Connection) -> Result<(), BrokerError> {
-        let libraries: Value = redis::cmd("FUNCTION")
-            .arg("LIST")
-            .arg("LIBRARYNAME")
-            .arg(LIBRARY)
+        let loaded: Option<String> = match redis::cmd("FCALL_RO")
+            .arg("event_gateway_version")
+            .arg(0)
             .query_async(&mut **connection)
             .await
-            .map_err(command_error)?;
-        let loaded = matches!(&libraries, Value::Array(items) if !items.is_empty());
-        if !loaded {
-            self.load_functions(connection).await?;
-            tracing::info!("Loaded the event_gateway Redis Functions.");
+        {
+            Ok(version) => Some(version),
+            Err(error) if is_missing_function(&error) => None,
+            Err(error) => return Err(command_error(error)),
+        };
+        match loaded {
+            Some(version) if *version == *self.version => return Ok(()),
+            Some(version) => {
+                self.load_functions(connection).await?;
+                self.replaced_log.warn("functions_replaced", |suppressed| {
+                    tracing::warn!(
+                        loaded = %version,
+                        ours = %self.version,
+                        suppressed,
+                        "Replaced another version of the event_gateway Redis Functions (replicas of \
+                         different versions or history limits replace each other's)."
+                    );
+                });
+            }
+            None => {
+                self.load_functions(connection).await?;
+                tracing::info!(version = %self.version, "Loaded the event_gateway Redis Functions.");
+            }
         }
         Ok(())
     }
 
-    async fn replay(&self, orgs: &[OrgId], from: ReplayFrom) -> Result<Replay, BrokerError> {
+    async fn snapshot(&self, orgs: &[OrgId], from: ReplayFrom) -> Result<Snapshot, BrokerError> {
         let start = match from {
             ReplayFrom::After(id) => format!("({id}"),
             ReplayFrom::Since(millis) => format!("{millis}-0"),
@@ -297,8 +364,8 @@ impl History {
         for org in orgs {
             command.arg(org.as_str());
         }
-        let snapshot: Vec<OrgSnapshot> = match command.query_async(&mut *connection).await {
-            Ok(snapshot) => snapshot,
+        let (last_issued, per_org_reply): SnapshotReply = match command.query_async(&mut *connection).await {
+            Ok(reply) => reply,
             Err(error) if is_missing_function(&error) => {
                 self.load_functions(&mut connection).await?;
                 command
@@ -308,21 +375,27 @@ impl History {
             }
             Err(error) => return Err(command_error(error)),
         };
-        let mut per_org = Vec::with_capacity(snapshot.len());
-        let mut truncated: Option<EventId> = None;
-        let mut high_water = None;
-        for (org, max_deleted, oldest, entries) in snapshot {
+        let mut snapshot = Snapshot {
+            last_issued: last_issued.parse().ok().filter(|id| *id != EventId::first_at(0)),
+            ..Snapshot::default()
+        };
+        let mut per_org = Vec::with_capacity(per_org_reply.len());
+        for (org, max_deleted, oldest, entries) in per_org_reply {
             let Ok(org) = OrgId::parse(&org) else { continue };
             let max_deleted: Option<EventId> = max_deleted.parse().ok();
+            let oldest: Option<EventId> = oldest.parse().ok();
+            if let Some(oldest) = oldest {
+                snapshot.oldest_kept = Some(snapshot.oldest_kept.map_or(oldest, |o| o.min(oldest)));
+            }
             if max_deleted.is_some_and(|deleted| deleted > from.boundary()) {
-                if let Some(oldest) = oldest.parse().ok().or(max_deleted) {
-                    truncated = Some(truncated.map_or(oldest, |t: EventId| t.min(oldest)));
+                if let Some(oldest) = oldest.or(max_deleted) {
+                    snapshot.trimmed = Some(snapshot.trimmed.map_or(oldest, |t| t.min(oldest)));
                 }
             }
             let mut events = Vec::with_capacity(entries.len());
             for (id, fields) in entries {
                 let Ok(id) = id.parse::<EventId>() else { continue };
-                high_water = high_water.max(Some(id));
+                snapshot.high_water = snapshot.high_water.max(Some(id));
                 let Some(envelope) = fields.get(1) else { continue };
                 match Event::decode_stored(&org, Some(id), envelope, self.max_event_bytes) {
                     Ok(event) => events.push(Arc::new(event)),
@@ -331,11 +404,8 @@ impl History {
             }
             per_org.push(events);
         }
-        Ok(Replay {
-            events: merge_by_id(per_org),
-            truncated: truncated.map(|id| id.to_string()),
-            high_water,
-        })
+        snapshot.events = merge_by_id(per_org);
+        Ok(snapshot)
     }
 }
 
@@ -369,7 +439,7 @@ impl Dispatcher {
                 PushKind::Message => self.on_message(&push.data),
                 PushKind::Subscribe => self.on_subscribed(&push.data).await,
                 PushKind::Unsubscribe => {
-                    if let Some(org) = channel_arg(&push.data).and_then(org_of_channel) {
+                    if let Some((_, org)) = channel_arg(&push.data).and_then(parse_channel) {
                         self.subscribed.remove(&org);
                         self.last_durable.remove(&org);
                     }
@@ -398,17 +468,19 @@ impl Dispatcher {
     }
 
     async fn on_subscribed(&mut self, data: &[Value]) {
-        let Some(org) = channel_arg(data).and_then(org_of_channel) else {
+        // Durable events are what a gap loses: the org counts as subscribed (and is refilled)
+        // once its durable channel is confirmed. Both channels are subscribed by one command.
+        let Some((ChannelKind::Durable, org)) = channel_arg(data).and_then(parse_channel) else {
             return;
         };
         self.subscribed.insert(org.clone());
         let Some(from) = self.refill.remove(&org) else {
             return;
         };
-        match self.history.replay(std::slice::from_ref(&org), from).await {
-            Ok(replay) => {
-                let filled = replay.events.len();
-                for event in replay.events {
+        match self.history.snapshot(std::slice::from_ref(&org), from).await {
+            Ok(snapshot) => {
+                let filled = snapshot.events.len();
+                for event in snapshot.events {
                     self.dispatch(event);
                 }
                 tracing::info!(org = %org, filled, "Resubscribed after a lost connection; filled the gap from history.");
@@ -425,9 +497,11 @@ impl Dispatcher {
         else {
             return;
         };
-        let decoded = org_of_channel(channel)
-            .ok_or(EnvelopeError::MissingOrg)
-            .and_then(|org| Event::decode_message(&org, payload, self.max_event_bytes));
+        let decoded = match parse_channel(channel) {
+            Some((ChannelKind::Live, org)) => Event::decode_live(&org, payload, self.max_event_bytes),
+            Some((ChannelKind::Durable, org)) => Event::decode_durable(&org, payload, self.max_event_bytes),
+            None => Err(EnvelopeError::MissingOrg),
+        };
         match decoded {
             Ok(event) => self.dispatch(Arc::new(event)),
             Err(error) => {
@@ -553,10 +627,10 @@ pub async fn publish_once(
                     "the event_gateway Functions are not loaded: start a gateway on this Redis first".into(),
                 )
             } else {
-                command_error(error)
+                publish_error(error)
             }
         })?;
     id.parse()
         .map(Some)
-        .map_err(|_| BrokerError::Rejected(format!("unexpected event id {id:?}")))
+        .map_err(|_| BrokerError::Failed(format!("unexpected event id {id:?}")))
 }

@@ -1,5 +1,5 @@
 //! Which org channels this replica is subscribed to on its one pub/sub connection: SUBSCRIBE
-//! when an org's first local client arrives, UNSUBSCRIBE a while after its last one leaves.
+//! (the org's live and durable channels) when an org's first local client arrives, UNSUBSCRIBE a while after its last one leaves.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -14,15 +14,46 @@ use crate::event::OrgId;
 /// How long a SUBSCRIBE may take before the client is told the broker is unavailable.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The pub/sub channel of an org.
-pub fn channel_of(org: &OrgId) -> String {
-    format!("events:org:{org}")
+/// Prefix of an org's live channel, where any publisher may `PUBLISH` an envelope.
+const LIVE_PREFIX: &str = "events:org:";
+/// Prefix of an org's durable channel, which only the publish Function writes
+/// (`<id> <envelope>`). Being a channel of its own, it can be closed to live publishers with a
+/// Redis ACL (`&events:org:*`), and nothing published on the live channel can carry an id.
+const DURABLE_PREFIX: &str = "events:durable:";
+
+/// What arrives on a channel of ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// Plain envelopes (`PUBLISH events:org:<org>`).
+    Live,
+    /// `<id> <envelope>` from the publish Function.
+    Durable,
 }
 
-/// The org of a pub/sub channel, if it is one of ours.
-pub fn org_of_channel(channel: &[u8]) -> Option<OrgId> {
+/// The live pub/sub channel of an org.
+pub fn channel_of(org: &OrgId) -> String {
+    format!("{LIVE_PREFIX}{org}")
+}
+
+/// The durable pub/sub channel of an org.
+pub fn durable_channel_of(org: &OrgId) -> String {
+    format!("{DURABLE_PREFIX}{org}")
+}
+
+/// The org and kind of a pub/sub channel, if it is one of ours.
+pub fn parse_channel(channel: &[u8]) -> Option<(ChannelKind, OrgId)> {
     let channel = std::str::from_utf8(channel).ok()?;
-    OrgId::parse(channel.strip_prefix("events:org:")?).ok()
+    let (kind, org) = if let Some(org) = channel.strip_prefix(LIVE_PREFIX) {
+        (ChannelKind::Live, org)
+    } else {
+        (ChannelKind::Durable, channel.strip_prefix(DURABLE_PREFIX)?)
+    };
+    Some((kind, OrgId::parse(org).ok()?))
+}
+
+/// Both channels of an org, subscribed and unsubscribed together.
+fn channels_of(org: &OrgId) -> Vec<String> {
+    vec![channel_of(org), durable_channel_of(org)]
 }
 
 pub struct Subscriptions {
@@ -132,7 +163,7 @@ impl Subscriptions {
             if !self.hold_existing(org) {
                 let subscribe = async {
                     let mut connection = self.connection().await;
-                    connection.subscribe(channel_of(org)).await
+                    connection.subscribe(channels_of(org)).await
                 };
                 tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe)
                     .await
@@ -183,7 +214,7 @@ impl Subscriptions {
         };
         for org in idle {
             let mut connection = connection.clone();
-            if let Err(error) = connection.unsubscribe(channel_of(&org)).await {
+            if let Err(error) = connection.unsubscribe(channels_of(&org)).await {
                 tracing::warn!(org = %org, %error, "Unsubscribing an idle org failed; it stays subscribed until reconnection.");
             }
         }
@@ -202,8 +233,16 @@ mod tests {
     fn channels_map_to_orgs_and_back() {
         let org = OrgId::parse("org-1").expect("valid");
         assert_eq!(channel_of(&org), "events:org:org-1");
-        assert_eq!(org_of_channel(b"events:org:org-1"), Some(org));
-        assert_eq!(org_of_channel(b"events:org:bad org"), None);
-        assert_eq!(org_of_channel(b"other:org-1"), None);
+        assert_eq!(durable_channel_of(&org), "events:durable:org-1");
+        assert_eq!(
+            parse_channel(b"events:org:org-1"),
+            Some((ChannelKind::Live, org.clone()))
+        );
+        assert_eq!(
+            parse_channel(b"events:durable:org-1"),
+            Some((ChannelKind::Durable, org))
+        );
+        assert_eq!(parse_channel(b"events:org:bad org"), None);
+        assert_eq!(parse_channel(b"other:org-1"), None);
     }
 }

@@ -19,7 +19,7 @@ const ACK_BODY_LIMIT: usize = 4096;
 
 /// `since=`: a time, or the user's acknowledged cursor.
 #[derive(Debug, PartialEq, Eq)]
-enum Since {
+pub enum Since {
     Millis(u64),
     Ack,
 }
@@ -27,10 +27,10 @@ enum Since {
 /// The query parameters of `GET /api/events`; unknown ones are ignored (clients add cache
 /// busters).
 #[derive(Debug, Default)]
-struct EventsQuery {
-    types: Option<TypeFilter>,
-    since: Option<Since>,
-    last_event_id: Option<EventId>,
+pub struct EventsQuery {
+    pub types: Option<TypeFilter>,
+    pub since: Option<Since>,
+    pub last_event_id: Option<EventId>,
 }
 
 fn parse_since(raw: &str) -> Result<Since, ApiError> {
@@ -63,7 +63,8 @@ fn parse_event_id(raw: &str) -> Result<EventId, ApiError> {
 }
 
 impl EventsQuery {
-    fn parse(query: &str) -> Result<Self, ApiError> {
+    /// Parses a query string; a bad value is a `400` naming the parameter.
+    pub fn parse(query: &str) -> Result<Self, ApiError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
             .map_err(|e| ApiError::bad_request("invalid_query", format!("unreadable query string: {e}")))?;
         let mut parsed = Self::default();
@@ -174,7 +175,7 @@ pub async fn stream(
         let lease = state.broker.subscribe(&claims.orgs).await?;
         let replay = match from {
             Some(from) => state.broker.replay(&claims.orgs, from).await?,
-            None => Replay::default(),
+            None => Replay::none(),
         };
         Ok::<_, ApiError>((lease, replay))
     }
@@ -186,10 +187,7 @@ pub async fn stream(
             return Err(error);
         }
     };
-    let replayed_through = match from {
-        Some(ReplayFrom::After(after)) => replay.high_water.max(Some(after)),
-        _ => replay.high_water,
-    };
+    let replayed_through = replay.replayed_through;
     let settings = &state.settings;
     let connected = ConnectedInfo {
         connection_id: format!("{:016x}", subscriber.id),
@@ -235,8 +233,9 @@ pub async fn acknowledge(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let claims = state.authenticate(&request)?;
-    let body = read_body(payload, ACK_BODY_LIMIT).await?;
+    // Only a role that may subscribe has a cursor; others are refused before the body is read.
     state.policy.viewer(&claims, None)?;
+    let body = read_body(&request, payload, ACK_BODY_LIMIT, &state).await?;
     let ack: AckBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_body",
@@ -244,6 +243,12 @@ pub async fn acknowledge(
         )
     })?;
     let id = parse_event_id(&ack.last_event_id)?;
+    if !state.broker.was_issued(id).await? {
+        return Err(ApiError::bad_request(
+            "invalid_last_event_id",
+            format!("{id} is not an id this gateway's history has issued"),
+        ));
+    }
     state.broker.save_ack(&claims.sub, id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -6,8 +6,10 @@ mod events;
 mod health;
 mod publish;
 
+pub use events::{EventsQuery, Since};
+
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -70,18 +72,39 @@ fn endpoint(path: &str, route: actix_web::Route) -> actix_web::Resource {
         .default_service(web::to(method_not_allowed))
 }
 
-/// Reads a request body of at most `limit` bytes.
-pub async fn read_body(payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
-    match payload.to_bytes_limited(limit).await {
-        Ok(Ok(body)) => Ok(body),
-        Ok(Err(error)) => Err(ApiError::bad_request(
+/// Reads a request body of at most `limit` bytes within the configured deadline. A declared
+/// `Content-Length` over the limit is refused before a byte is read, the body is never buffered
+/// beyond the limit, and a body that does not arrive in time is refused, so one request pins
+/// at most `limit` bytes for at most the deadline.
+pub async fn read_body(
+    request: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    state: &AppState,
+) -> Result<web::Bytes, ApiError> {
+    let too_large = || ApiError::TooLarge {
+        code: "payload_too_large",
+        message: format!("the body is over the limit of {limit} bytes"),
+    };
+    if let Some(declared) = request.headers().get(header::CONTENT_LENGTH) {
+        let declared: u64 = declared
+            .to_str()
+            .ok()
+            .and_then(|value| value.trim().parse().ok())
+            .ok_or_else(|| ApiError::bad_request("invalid_body", "Content-Length is not a number"))?;
+        if declared > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    let deadline = Duration::from_secs(state.settings.server.body_timeout_secs);
+    match tokio::time::timeout(deadline, payload.to_bytes_limited(limit)).await {
+        Err(_) => Err(ApiError::BodyTimeout(deadline.as_secs())),
+        Ok(Ok(Ok(body))) => Ok(body),
+        Ok(Ok(Err(error))) => Err(ApiError::bad_request(
             "invalid_body",
             format!("the body could not be read: {error}"),
         )),
-        Err(_) => Err(ApiError::TooLarge {
-            code: "payload_too_large",
-            message: format!("the body is over the limit of {limit} bytes"),
-        }),
+        Ok(Err(_)) => Err(too_large()),
     }
 }
 

@@ -33,10 +33,14 @@ pub async fn publish(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let claims = state.authenticate(&request)?;
+    // A role that may not publish is refused before a byte of its body is read.
+    state.policy.check_may_publish(&claims)?;
     let limits = &state.settings.limits;
     let body = read_body(
+        &request,
         payload,
         limits.max_batch * limits.max_event_bytes + BATCH_OVERHEAD,
+        &state,
     )
     .await?;
     let is_batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');

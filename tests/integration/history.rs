@@ -249,7 +249,7 @@ async fn id_older_than_retained_history_gets_history_truncated_before_the_rest()
     let mut olivia = resume(&app, &ops("olivia", ORG), &ids[0]).await;
     let truncated = olivia.next_data_event().await;
     assert_eq!(truncated.event, "history.truncated", "got {truncated:?}");
-    assert_eq!(truncated.json(), json!({"oldestId": ids[2]}));
+    assert_eq!(truncated.json(), json!({"oldestId": ids[2], "reason": "trimmed"}));
     for (label, id) in [("e3", &ids[2]), ("e4", &ids[3]), ("e5", &ids[4])] {
         let event = olivia.next_data_event().await;
         assert_eq!(event.label(), label);

@@ -6,6 +6,7 @@ mod common;
 
 mod auth;
 mod embedded;
+mod hardening;
 mod health;
 mod history;
 mod limits;

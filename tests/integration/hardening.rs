@@ -1,0 +1,161 @@
+//! What an attacker tried, kept fixed: bodies that are slow, huge or unauthorised; forged
+//! durable ids; tokens in spellings the log redaction missed; structurally odd tokens;
+//! requests the HTTP layer refuses before the gateway sees them.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+use crate::common::envelope::envelope;
+use crate::common::http::{assert_error, send};
+use crate::common::raw::{connect, exchange, read_response};
+use crate::common::token::{ops, service, TokenBuilder};
+use crate::common::{spawn_app, spawn_app_with, within, STEP_TIMEOUT};
+
+const ORG: &str = "org-1";
+const TICKET: &str = "ticket.created";
+
+/// A request head for `path` with `token`, declaring `content_length` body bytes.
+fn post_head(path: &str, token: &str, content_length: u64) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n"
+    )
+}
+
+// --- Request bodies ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_role_that_may_not_publish_is_refused_before_its_body_is_read() {
+    let app = spawn_app().await;
+    let tenant = TokenBuilder::new("tina", "tenant").org(ORG).sign();
+    // 60 MB announced, none sent: the answer must not wait for it.
+    let response = exchange(&app, post_head("/api/publish", &tenant, 60_000_000).as_bytes()).await;
+    assert_eq!(response.status, 403, "{response:?}");
+    assert_eq!(response.error_code(), "role_forbidden");
+}
+
+#[tokio::test]
+async fn a_declared_body_over_the_publish_limit_is_413_before_any_byte_is_read() {
+    let app = spawn_app().await;
+    let head = post_head("/api/publish", &service(&[ORG]), 1_000_000_000);
+    let response = exchange(&app, head.as_bytes()).await;
+    assert_eq!(response.status, 413, "{response:?}");
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert_eq!(response.error_code(), "payload_too_large");
+}
+
+#[tokio::test]
+async fn a_declared_body_over_the_ack_limit_is_413_before_any_byte_is_read() {
+    let app = spawn_app().await;
+    let head = post_head("/api/events/ack", &ops("olivia", ORG), 1_000_000_000);
+    let response = exchange(&app, head.as_bytes()).await;
+    assert_eq!(response.status, 413, "{response:?}");
+    assert_eq!(response.error_code(), "payload_too_large");
+}
+
+#[tokio::test]
+async fn a_body_slower_than_the_deadline_is_408() {
+    let app = spawn_app_with(|options| options.env("GATEWAY__SERVER__BODY_TIMEOUT_SECS", "1")).await;
+    let mut stream = connect(&app).await;
+    let head = post_head("/api/publish", &service(&[ORG]), 100);
+    within(STEP_TIMEOUT, "sending a partial body", async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(b"{\"type\":").await
+    })
+    .await
+    .expect("sending a partial body");
+    let started = Instant::now();
+    let response = read_response(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(response.status, 408, "{response:?}");
+    assert_eq!(response.error_code(), "body_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered after {:?}",
+        started.elapsed()
+    );
+}
+
+// --- Forged durable ids -----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_plain_publish_imitating_a_durable_id_reaches_nobody_and_blinds_nobody() {
+    let app = spawn_app().await;
+    let mut olivia = app.connect_ready(&ops("olivia", ORG), "").await;
+    app.publish_live_raw(
+        ORG,
+        r#"99999999999999-0 {"type":"ticket.created","data":{"label":"forged"}}"#,
+    )
+    .await;
+    let ids = app.publish_durable(&[envelope(ORG, TICKET, "real").into()]).await;
+    let event = olivia.next_data_event().await;
+    assert_eq!(
+        event.label(),
+        "real",
+        "the forged message must not be delivered: {event:?}"
+    );
+    assert_eq!(
+        event.id.as_deref(),
+        Some(ids[0].as_str()),
+        "the real event keeps its real id"
+    );
+}
+
+#[tokio::test]
+async fn resuming_from_an_id_never_issued_gets_a_reset_notice_then_everything_kept() {
+    let app = spawn_app().await;
+    let ids = app
+        .publish_durable(&[
+            envelope(ORG, TICKET, "one").into(),
+            envelope(ORG, TICKET, "two").into(),
+        ])
+        .await;
+    let request = app
+        .events_request("")
+        .bearer_auth(ops("olivia", ORG))
+        .header("Last-Event-ID", "99999999999999-0");
+    let mut olivia = crate::common::sse::SseClient::open(request).await;
+    olivia.expect_connected().await;
+    let notice = olivia.next_data_event().await;
+    assert_eq!(notice.event, "history.truncated", "{notice:?}");
+    assert_eq!(notice.json(), json!({"oldestId": ids[0], "reason": "reset"}));
+    let replayed = [olivia.next_data_event().await, olivia.next_data_event().await];
+    let replayed: Vec<_> = replayed
+        .iter()
+        .map(|e| e.id.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(replayed, ids);
+}
+
+#[tokio::test]
+async fn an_id_beyond_any_clock_is_400_invalid_last_event_id_without_redis_internals() {
+    let app = spawn_app().await;
+    let response = send(
+        app.events_request("")
+            .bearer_auth(ops("olivia", ORG))
+            .header("Last-Event-ID", "18446744073709551615-18446744073709551615"),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = response.text().await.unwrap_or_default();
+    assert!(body.contains("\"invalid_last_event_id\""), "{body}");
+    for internal in ["script", "user_function", "ERR"] {
+        assert!(!body.contains(internal), "Redis internals in {body}");
+    }
+}
+
+#[tokio::test]
+async fn acknowledging_an_id_the_history_never_issued_is_400() {
+    let app = spawn_app().await;
+    app.publish_durable(&[envelope(ORG, TICKET, "one").into()]).await;
+    let response = send(
+        app.http()
+            .post(app.url("/api/events/ack"))
+            .bearer_auth(ops("olivia", ORG))
+            .json(&json!({"lastEventId": "99999999999999-0"})),
+    )
+    .await;
+    assert_error(response, StatusCode::BAD_REQUEST, "invalid_last_event_id").await;
+}
