@@ -15,6 +15,7 @@ use crate::broker::{Lease, Permit, Replay};
 use crate::clock::unix_secs;
 use crate::event::EventId;
 use crate::hub::{Output, Shard, Subscriber};
+use crate::limits::StreamSlot;
 
 /// `retry: <ms>` — how long the client waits before reconnecting.
 pub fn retry_frame(millis: u64) -> Bytes {
@@ -90,8 +91,8 @@ pub struct EventStream {
     /// The newest durable id the replay covered: queued live copies up to it are skipped.
     replayed_through: Option<EventId>,
     /// Keeps this replica subscribed to the stream's orgs, and the stream counted against the
-    /// user's limit, while the stream lives.
-    _held: (Lease, Permit),
+    /// user's limit and the replica's, while the stream lives.
+    _held: (Lease, Permit, StreamSlot),
 }
 
 impl EventStream {
@@ -100,7 +101,7 @@ impl EventStream {
         subscriber: Arc<Subscriber>,
         shard: Arc<Shard>,
         replayed_through: Option<EventId>,
-        held: (Lease, Permit),
+        held: (Lease, Permit, StreamSlot),
     ) -> Self {
         Self {
             opening: Some(opening),

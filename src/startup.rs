@@ -16,7 +16,7 @@ use crate::auth::{JwtVerifier, TokenMinter, TokenRequest};
 use crate::broker::{Broker, EmbeddedBroker, RedisBroker, Registry, HEARTBEAT_INTERVAL};
 use crate::clock::unix_secs;
 use crate::hub::Hub;
-use crate::limits::RateLimiter;
+use crate::limits::{RateLimiter, StreamSlots};
 use crate::metrics::METRICS;
 use crate::policy::Policy;
 use crate::routes::{self, AppState};
@@ -131,6 +131,7 @@ impl Application {
             registry,
             user_rate: RateLimiter::new(settings.limits.connect_rate_per_user),
             ip_rate: RateLimiter::new(settings.limits.connect_rate_per_ip),
+            stream_slots: StreamSlots::new(settings.limits.max_connections),
             shutdown: shutdown.clone(),
         });
         // An idle stream then holds no 8 KiB read/write buffers: ~3.5 KB instead of ~12 KB.

@@ -253,6 +253,7 @@ impl JwtVerifier {
 
     /// Verifies `token` and its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        check_structure(token)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| match header_alg(token) {
             // A readable header with an algorithm this library refuses, such as `none`.
             Some(alg) => AuthError::Algorithm(alg),
@@ -290,6 +291,63 @@ impl JwtVerifier {
             _ => AuthError::Malformed,
         })?;
         data.claims.validate(self.max_orgs)
+    }
+}
+
+/// Checks what the JWT library leaves open (RFC 7515, compact serialization): exactly three
+/// base64url segments, a header that is a JSON object without duplicate members (which parsers
+/// may read differently), and no `crit` extension, since this gateway understands none.
+fn check_structure(token: &str) -> Result<(), AuthError> {
+    let segments: Vec<&str> = token.split('.').collect();
+    let base64url = |segment: &str| {
+        segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let [header, payload, signature] = segments[..] else {
+        return Err(AuthError::Malformed);
+    };
+    if header.is_empty() || payload.is_empty() || ![header, payload, signature].into_iter().all(base64url) {
+        return Err(AuthError::Malformed);
+    }
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| AuthError::Malformed)?;
+    let members = serde_json::from_slice::<UniqueMembers>(&header).map_err(|_| AuthError::Malformed)?;
+    if members.0.iter().any(|name| name == "crit") {
+        return Err(AuthError::CriticalHeader);
+    }
+    Ok(())
+}
+
+/// The member names of a JSON object, refusing one that names a member twice.
+struct UniqueMembers(Vec<String>);
+
+impl<'de> Deserialize<'de> for UniqueMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = UniqueMembers;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueMembers, A::Error> {
+                let mut names: Vec<String> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if names.contains(&name) {
+                        return Err(serde::de::Error::custom(format!("member {name:?} appears twice")));
+                    }
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    names.push(name);
+                }
+                Ok(UniqueMembers(names))
+            }
+        }
+
+        deserializer.deserialize_map(Members)
     }
 }
 
@@ -387,6 +445,20 @@ mod tests {
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret.as_bytes())).expect("encodes")
     }
 
+    fn encode(text: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    /// A token with `header` (JSON text) and base64url `body`, validly HS256-signed with SECRET.
+    fn resign(header: &str, body: &str) -> String {
+        use hmac::Mac;
+        let signing_input = format!("{}.{body}", encode(header));
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+        mac.update(signing_input.as_bytes());
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{signing_input}.{signature}")
+    }
+
     fn good_claims() -> serde_json::Value {
         serde_json::json!({"sub": "u1", "role": "ops", "orgs": ["o1"], "exp": unix_secs() + 60})
     }
@@ -430,6 +502,29 @@ mod tests {
                 "alg none",
                 format!("{none_header}.{body}."),
                 "algorithm_not_allowed",
+            ),
+            (
+                "a trailing dot",
+                format!("{}.", sign(Header::new(Algorithm::HS256), &good_claims(), SECRET)),
+                "malformed_token",
+            ),
+            (
+                "alg twice",
+                format!(
+                    "{}.{body}.",
+                    encode(r#"{"alg":"HS256","alg":"none","typ":"JWT"}"#)
+                ),
+                "malformed_token",
+            ),
+            (
+                "a critical extension",
+                resign(r#"{"alg":"HS256","typ":"JWT","crit":["x-ext"],"x-ext":1}"#, &body),
+                "unsupported_critical_header",
+            ),
+            (
+                "a padded segment",
+                format!("{}=", sign(Header::new(Algorithm::HS256), &good_claims(), SECRET)),
+                "malformed_token",
             ),
             (
                 "HS512 when only HS256 is accepted",

@@ -30,6 +30,8 @@ pub enum AuthError {
     UnknownKey,
     #[error("invalid claims: {0}")]
     Claims(String),
+    #[error("the token's header lists critical extensions (crit) that this gateway does not understand")]
+    CriticalHeader,
 }
 
 impl AuthError {
@@ -45,11 +47,12 @@ impl AuthError {
             Self::Audience => "invalid_audience",
             Self::UnknownKey => "unknown_key",
             Self::Claims(_) => "invalid_claims",
+            Self::CriticalHeader => "unsupported_critical_header",
         }
     }
 
     /// Every reason, for exporting the failure counter at zero from start-up.
-    pub const ALL_CODES: [&'static str; 10] = [
+    pub const ALL_CODES: [&'static str; 11] = [
         "missing_token",
         "malformed_token",
         "invalid_signature",
@@ -60,5 +63,6 @@ impl AuthError {
         "invalid_audience",
         "unknown_key",
         "invalid_claims",
+        "unsupported_critical_header",
     ];
 }

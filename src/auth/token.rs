@@ -26,7 +26,7 @@ pub fn extract_token(request: &HttpRequest, cookie_name: &str) -> Result<String,
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
         if let Some((_, token)) = pairs
             .into_iter()
-            .find(|(k, v)| k == "access_token" && !v.is_empty())
+            .find(|(k, v)| k == TOKEN_PARAMETER && !v.is_empty())
         {
             return Ok(token);
         }
@@ -34,13 +34,25 @@ pub fn extract_token(request: &HttpRequest, cookie_name: &str) -> Result<String,
     Err(AuthError::Missing)
 }
 
-/// `query` with the value of every `access_token` parameter replaced, for logging.
+/// The query parameter that may carry a token.
+const TOKEN_PARAMETER: &str = "access_token";
+
+/// `query` with the value of every `access_token` parameter replaced, for logging. Keys are
+/// compared as the token lookup reads them (percent-decoded, `+` as a space), so no spelling of
+/// the key that authenticates (`access%5Ftoken`, `%61ccess_token`...) slips past.
 pub fn redact_query(query: &str) -> String {
     query
         .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key == "access_token" => format!("{key}=REDACTED"),
-            _ => pair.to_string(),
+        .map(|pair| {
+            let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+            let decoded_key = form_urlencoded::parse(key.as_bytes())
+                .next()
+                .map(|(decoded, _)| decoded);
+            if decoded_key.as_deref() == Some(TOKEN_PARAMETER) {
+                format!("{key}=REDACTED")
+            } else {
+                pair.to_string()
+            }
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -98,6 +110,35 @@ mod tests {
         assert_eq!(
             redact_query("types=a.b&access_token=secret.jwt.value&since=ack"),
             "types=a.b&access_token=REDACTED&since=ack"
+        );
+    }
+
+    #[test]
+    fn every_spelling_of_the_token_key_that_authenticates_is_redacted() {
+        for key in [
+            "access%5Ftoken",
+            "%61ccess_token",
+            "access_%74oken",
+            "%61%63%63%65%73%73%5f%74%6f%6b%65%6e",
+        ] {
+            let query = format!("types=a.b&{key}=secret.jwt.value");
+            let request = TestRequest::get()
+                .uri(&format!("/api/events?{query}"))
+                .to_http_request();
+            assert_eq!(
+                extract_token(&request, "access_token"),
+                Ok("secret.jwt.value".into()),
+                "{key}"
+            );
+            assert_eq!(redact_query(&query), format!("types=a.b&{key}=REDACTED"), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_key_that_only_looks_like_the_token_key_is_kept() {
+        assert_eq!(
+            redact_query("access_token2=x&access+token=y"),
+            "access_token2=x&access+token=y"
         );
     }
 }

@@ -10,7 +10,6 @@ use crate::clock::unix_secs;
 use crate::error::ApiError;
 use crate::event::EventId;
 use crate::hub::Shard;
-use crate::metrics::METRICS;
 use crate::policy::TypeFilter;
 use crate::sse::{opening_frames, ConnectedInfo, EventStream};
 
@@ -149,10 +148,9 @@ pub async fn stream(
     let claims = state.authenticate(&request)?;
     let query = EventsQuery::parse(request.query_string())?;
     let viewer = state.policy.viewer(&claims, query.types.clone())?;
+    // Taken before anything is awaited, so concurrent connects cannot overshoot the limit.
+    let slot = state.stream_slots.try_take().ok_or(ApiError::ServerFull)?;
     let from = replay_start(&request, &query, &state, &claims.sub).await?;
-    if METRICS.open_connections() >= limits.max_connections {
-        return Err(ApiError::ServerFull);
-    }
     if !state.broker.is_ready() {
         return Err(ApiError::NotReady("Redis is unreachable".into()));
     }
@@ -211,7 +209,7 @@ pub async fn stream(
         subscriber,
         shard.into_inner(),
         replayed_through,
-        (lease, permit),
+        (lease, permit, slot),
     );
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")

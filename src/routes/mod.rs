@@ -21,7 +21,7 @@ use crate::auth::{extract_token, redact_query, Claims, JwtVerifier};
 use crate::broker::{Broker, Registry};
 use crate::error::ApiError;
 use crate::hub::Hub;
-use crate::limits::RateLimiter;
+use crate::limits::{RateLimiter, StreamSlots};
 use crate::metrics::METRICS;
 use crate::policy::Policy;
 use crate::settings::Settings;
@@ -37,6 +37,8 @@ pub struct AppState {
     pub registry: Registry,
     pub user_rate: RateLimiter,
     pub ip_rate: RateLimiter,
+    /// `limits.max_connections`, taken when a stream is admitted.
+    pub stream_slots: StreamSlots,
     pub shutdown: Shutdown,
 }
 

@@ -159,3 +159,35 @@ async fn acknowledging_an_id_the_history_never_issued_is_400() {
     .await;
     assert_error(response, StatusCode::BAD_REQUEST, "invalid_last_event_id").await;
 }
+
+// --- Query tokens in the log ----------------------------------------------------------------
+
+#[tokio::test]
+async fn query_tokens_are_redacted_from_debug_logs_in_every_spelling_that_authenticates() {
+    let app = spawn_app_with(|options| options.env("GATEWAY__LOG__LEVEL", "debug")).await;
+    let token = ops("olivia", ORG);
+    let spellings = [
+        "access_token",
+        "access%5Ftoken",
+        "%61ccess_token",
+        "access_%74oken",
+        "%61ccess%5f%74oken",
+    ];
+    for key in spellings {
+        let mut olivia =
+            crate::common::sse::SseClient::open(app.events_request(&format!("types=ticket.*&{key}={token}")))
+                .await;
+        olivia.expect_connected().await;
+    }
+    crate::common::eventually(STEP_TIMEOUT, "one access-log line per spelling", || async {
+        app.logs().matches("Handled a request.").count() >= spellings.len()
+    })
+    .await;
+    let logs = app.logs();
+    let signature = token.rsplit('.').next().unwrap_or(&token);
+    assert!(!logs.contains(signature), "a token reached the log:\n{logs}");
+    assert!(
+        logs.contains("=REDACTED"),
+        "the access log names the redacted parameter:\n{logs}"
+    );
+}

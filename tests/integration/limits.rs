@@ -61,3 +61,25 @@ async fn streams_beyond_what_the_open_files_limit_holds_are_503_with_retry_after
     let refused = send(app.events_request("").bearer_auth(ops("one-too-many", ORG))).await;
     assert_refused_with_retry_after(refused, StatusCode::SERVICE_UNAVAILABLE).await;
 }
+
+#[tokio::test]
+async fn concurrent_connects_never_overshoot_max_connections() {
+    let app = spawn_app_with(|options| options.env("GATEWAY__LIMITS__MAX_CONNECTIONS", "5")).await;
+    // Each user's first stream: a new org each, so every admission awaits a SUBSCRIBE.
+    let attempts = (0..20).map(|n| {
+        let token = ops(&format!("user-{n}"), &format!("org-{n}"));
+        send(app.events_request("").bearer_auth(token))
+    });
+    let responses = futures_util::future::join_all(attempts).await;
+    let admitted = responses.iter().filter(|r| r.status() == StatusCode::OK).count();
+    let refused = responses
+        .iter()
+        .filter(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert_eq!(
+        (admitted, refused),
+        (5, 15),
+        "statuses: {:?}",
+        responses.iter().map(|r| r.status()).collect::<Vec<_>>()
+    );
+}
