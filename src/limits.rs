@@ -48,40 +48,6 @@ impl RateLimiter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_slots_never_exceed_the_limit_even_when_taken_concurrently() {
-        let slots = Arc::new(StreamSlots::new(100));
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let slots = slots.clone();
-                std::thread::spawn(move || (0..50).filter_map(|_| slots.try_take()).collect::<Vec<_>>())
-            })
-            .collect();
-        let held: Vec<StreamSlot> = threads
-            .into_iter()
-            .flat_map(|thread| thread.join().expect("no panic"))
-            .collect();
-        assert_eq!(held.len(), 100);
-        assert!(slots.try_take().is_none());
-        drop(held);
-        assert!(slots.try_take().is_some(), "dropped slots are free again");
-    }
-
-    #[test]
-    fn attempts_over_the_rate_are_refused_until_the_next_second() {
-        let limiter = RateLimiter::new(2);
-        assert!(limiter.allow("u1", 10));
-        assert!(limiter.allow("u1", 10));
-        assert!(!limiter.allow("u1", 10));
-        assert!(limiter.allow("u2", 10));
-        assert!(limiter.allow("u1", 11));
-    }
-}
-
 /// The replica's stream slots (`limits.max_connections`). A slot is taken atomically when a
 /// stream is admitted, before anything it awaits, so concurrent connects cannot overshoot.
 pub struct StreamSlots {
@@ -114,5 +80,39 @@ impl StreamSlots {
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_slots_never_exceed_the_limit_even_when_taken_concurrently() {
+        let slots = Arc::new(StreamSlots::new(100));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let slots = slots.clone();
+                std::thread::spawn(move || (0..50).filter_map(|_| slots.try_take()).collect::<Vec<_>>())
+            })
+            .collect();
+        let held: Vec<StreamSlot> = threads
+            .into_iter()
+            .flat_map(|thread| thread.join().expect("no panic"))
+            .collect();
+        assert_eq!(held.len(), 100);
+        assert!(slots.try_take().is_none());
+        drop(held);
+        assert!(slots.try_take().is_some(), "dropped slots are free again");
+    }
+
+    #[test]
+    fn attempts_over_the_rate_are_refused_until_the_next_second() {
+        let limiter = RateLimiter::new(2);
+        assert!(limiter.allow("u1", 10));
+        assert!(limiter.allow("u1", 10));
+        assert!(!limiter.allow("u1", 10));
+        assert!(limiter.allow("u2", 10));
+        assert!(limiter.allow("u1", 11));
     }
 }
