@@ -1,8 +1,10 @@
 //! The HTTP edge's one error type: every failure becomes a status and the JSON body
 //! `{"error":{"code":"<snake_case>","message":"<sentence>"}}`.
 
+use actix_web::http::header::HeaderValue;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
+use bytes::Bytes;
 use serde_json::json;
 
 use crate::auth::AuthError;
@@ -119,6 +121,26 @@ impl ResponseError for ApiError {
         }
         response.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
     }
+}
+
+/// The JSON body of the answers the HTTP layer makes before any handler sees the request (a
+/// malformed request, an oversized or slow request head), so that every non-2xx answer is the
+/// §8 error body.
+pub fn early_error_body(status: StatusCode) -> (HeaderValue, Bytes) {
+    let (code, message) = match status {
+        StatusCode::BAD_REQUEST => (
+            "malformed_request",
+            "the request is not valid HTTP/1.1 (a request target over 64 KiB is refused too)",
+        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "headers_too_large",
+            "the request head is over 128 KiB or has more than 96 header fields",
+        ),
+        StatusCode::REQUEST_TIMEOUT => ("request_timeout", "the request head did not arrive in time"),
+        _ => ("internal_error", "the gateway could not handle the request"),
+    };
+    let body = json!({"error": {"code": code, "message": message}}).to_string();
+    (HeaderValue::from_static("application/json"), Bytes::from(body))
 }
 
 #[cfg(test)]

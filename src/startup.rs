@@ -136,6 +136,8 @@ impl Application {
         });
         // An idle stream then holds no 8 KiB read/write buffers: ~3.5 KB instead of ~12 KB.
         actix_http::h1::set_release_idle_buffers(true);
+        // Requests refused before a handler sees them get the same JSON error body as the rest.
+        actix_http::h1::set_error_body(crate::error::early_error_body);
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             // Runs once per worker, on the worker's thread: its connections form one shard.

@@ -191,3 +191,86 @@ async fn query_tokens_are_redacted_from_debug_logs_in_every_spelling_that_authen
         "the access log names the redacted parameter:\n{logs}"
     );
 }
+
+// --- Answers of the HTTP layer --------------------------------------------------------------
+
+#[tokio::test]
+async fn a_request_line_over_the_limit_gets_a_json_error() {
+    let app = spawn_app().await;
+    let request = format!(
+        "GET /api/events?types={} HTTP/1.1\r\nHost: gateway\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let response = exchange(&app, request.as_bytes()).await;
+    assert!(matches!(response.status, 400 | 431 | 414), "{response:?}");
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    response.error_code();
+}
+
+#[tokio::test]
+async fn a_types_list_too_long_for_a_uri_gets_a_json_400() {
+    let app = spawn_app().await;
+    let types = vec!["ticket.created"; 5_300].join(",");
+    let request = format!("GET /api/events?types={types} HTTP/1.1\r\nHost: gateway\r\n\r\n");
+    let response = exchange(&app, request.as_bytes()).await;
+    assert_eq!(response.status, 400, "{response:?}");
+    assert_eq!(response.error_code(), "malformed_request");
+}
+
+#[tokio::test]
+async fn five_hundred_headers_get_a_json_431() {
+    let app = spawn_app().await;
+    let headers: String = (0..500).map(|n| format!("X-Filler-{n}: {n}\r\n")).collect();
+    let request = format!("GET /api/events HTTP/1.1\r\nHost: gateway\r\n{headers}\r\n");
+    let response = exchange(&app, request.as_bytes()).await;
+    assert_eq!(response.status, 431, "{response:?}");
+    assert_eq!(response.error_code(), "headers_too_large");
+}
+
+#[tokio::test]
+async fn a_token_over_the_head_limit_gets_a_json_431() {
+    let app = spawn_app().await;
+    let request = format!(
+        "GET /api/events HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {}\r\n\r\n",
+        "a".repeat(140_000)
+    );
+    let response = exchange(&app, request.as_bytes()).await;
+    assert_eq!(response.status, 431, "{response:?}");
+    assert_eq!(response.error_code(), "headers_too_large");
+}
+
+#[tokio::test]
+async fn an_http_1_0_stream_is_close_delimited_not_chunked() {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_app().await;
+    let mut stream = connect(&app).await;
+    let request = format!(
+        "GET /api/events HTTP/1.0\r\nHost: gateway\r\nAuthorization: Bearer {}\r\n\r\n",
+        ops("olivia", ORG)
+    );
+    let mut received = Vec::new();
+    within(STEP_TIMEOUT, "the stream's head and first frames", async {
+        stream.write_all(request.as_bytes()).await?;
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&received).contains("event: connected") {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await
+    .expect("reading the stream");
+    let text = String::from_utf8_lossy(&received).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {text:?}"));
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("transfer-encoding"), "{head}");
+    assert!(
+        body.starts_with("retry: "),
+        "the body is the SSE stream itself, no chunk sizes: {body:?}"
+    );
+}

@@ -170,6 +170,13 @@ impl Encoder<Message<(Response<()>, BodySize)>> for Codec {
                     self.conn_type
                 };
 
+                // HTTP/1.0 has no chunked transfer coding (RFC 9112 §7.1): a body of unknown
+                // length is delimited by closing the connection.
+                if self.version == Version::HTTP_10 && length == BodySize::Stream {
+                    res.head_mut().no_chunking(true);
+                    self.conn_type = ConnectionType::Close;
+                }
+
                 // encode message
                 self.encoder.encode(
                     dst,

@@ -649,11 +649,12 @@ where
                     }
 
                     // handle error message
-                    Some(DispatcherMessage::Error(res)) => {
+                    Some(DispatcherMessage::Error(mut res)) => {
                         // send_response would update InnerDispatcher state to SendPayload or None
                         // (If response body is empty)
                         // continue loop to poll it
-                        self.as_mut().send_error_response(res, BoxBody::new(()))?;
+                        let body = super::error_body(&mut res);
+                        self.as_mut().send_error_response(res, body)?;
                     }
 
                     // return with upgrade request and poll it exclusively
@@ -1092,10 +1093,9 @@ where
 
                 trace!("timed out on slow request; replying with 408 and closing connection");
 
-                let _ = self.as_mut().send_error_response(
-                    Response::with_body(StatusCode::REQUEST_TIMEOUT, ()),
-                    BoxBody::new(()),
-                );
+                let mut res = Response::with_body(StatusCode::REQUEST_TIMEOUT, ());
+                let body = super::error_body(&mut res);
+                let _ = self.as_mut().send_error_response(res, body);
 
                 self.project().flags.insert(Flags::SHUTDOWN);
             }

@@ -35,6 +35,34 @@ pub(crate) fn release_idle_buffers() -> bool {
     RELEASE_IDLE_BUFFERS.load(Ordering::Relaxed)
 }
 
+/// Renders the body of an answer the dispatcher makes itself, before any service sees the
+/// request (`400` for a malformed request, `431` for an oversized head, `408` for a slow one,
+/// `500`): the status in, the `Content-Type` and body out.
+pub type ErrorBody = fn(crate::StatusCode) -> (crate::header::HeaderValue, Bytes);
+
+static ERROR_BODY: std::sync::OnceLock<ErrorBody> = std::sync::OnceLock::new();
+
+/// Opt in to a body for the dispatcher's own error answers, which are otherwise empty, so that
+/// a server whose every error is, say, JSON stays so for requests it never got to see. The
+/// first call wins; set it once, before the server starts.
+pub fn set_error_body(render: ErrorBody) {
+    let _ = ERROR_BODY.set(render);
+}
+
+/// The body for a dispatcher-made error answer `res`, setting its `Content-Type` when a
+/// renderer is set.
+pub(crate) fn error_body(res: &mut crate::Response<()>) -> crate::body::BoxBody {
+    match ERROR_BODY.get() {
+        Some(render) => {
+            let (content_type, body) = render(res.status());
+            res.headers_mut()
+                .insert(crate::header::CONTENT_TYPE, content_type);
+            crate::body::BoxBody::new(body)
+        }
+        None => crate::body::BoxBody::new(()),
+    }
+}
+
 pub use self::{
     client::{ClientCodec, ClientPayloadCodec},
     codec::Codec,
