@@ -36,6 +36,18 @@ fn default_workers(cores: usize) -> usize {
 /// runtimes' epoll and event descriptors, and accepting the clients that are answered 503.
 const RESERVED_FILES: u64 = 512;
 
+/// Of `RESERVED_FILES`, those kept for everything but client sockets: the accept loop stops
+/// accepting (clients wait in the listen backlog) before the process runs out of descriptors,
+/// instead of failing accepts with EMFILE in a loop.
+const NON_SOCKET_FILES: u64 = 256;
+
+/// Client sockets (streams, other requests, clients being answered 503) each HTTP worker may
+/// hold when the process may open `open_files` descriptors.
+fn sockets_per_worker(open_files: u64, workers: usize) -> usize {
+    let sockets = usize::try_from(open_files.saturating_sub(NON_SOCKET_FILES)).unwrap_or(usize::MAX);
+    (sockets / workers.max(1)).max(1)
+}
+
 /// Streams a process allowed `open_files` descriptors can hold while keeping `RESERVED_FILES`.
 fn streams_within(open_files: u64) -> usize {
     usize::try_from(open_files.saturating_sub(RESERVED_FILES))
@@ -45,13 +57,13 @@ fn streams_within(open_files: u64) -> usize {
 
 /// Raises the open-files soft limit to the hard limit, and lowers `limits.max_connections` to
 /// what that limit holds, so that a replica at its limit answers `503` with `Retry-After`
-/// instead of failing to accept.
-fn fit_connections_to_open_files(settings: &mut Settings) {
+/// instead of failing to accept. Returns the limit, when it could be read.
+fn fit_connections_to_open_files(settings: &mut Settings) -> Option<u64> {
     let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(open_files) => open_files,
         Err(error) => {
             tracing::warn!(%error, "Could not read or raise the open-files limit.");
-            return;
+            return None;
         }
     };
     let streams = streams_within(open_files);
@@ -65,6 +77,7 @@ fn fit_connections_to_open_files(settings: &mut Settings) {
         );
         settings.limits.max_connections = streams;
     }
+    Some(open_files)
 }
 
 /// Org used by the sample commands printed when no key is configured.
@@ -79,7 +92,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
-        fit_connections_to_open_files(&mut settings);
+        let open_files = fit_connections_to_open_files(&mut settings);
         let settings = Arc::new(settings);
         let configured_secret =
             Some(settings.auth.jwt_secret.clone()).filter(|s| !s.expose_secret().is_empty());
@@ -156,9 +169,12 @@ impl Application {
         // A client that closes its side is gone: notice it at once, not at the next write.
         .h1_allow_half_closed(false)
         .workers(workers)
-        // The per-replica limit is enforced by the handler with a 503; accept enough sockets
-        // to answer it.
-        .max_connections(settings.limits.max_connections / workers + 1024)
+        // The per-replica stream limit is enforced by the handler with a 503; accept enough
+        // sockets to answer it, but never more than the open-files limit leaves for sockets.
+        .max_connections(match open_files {
+            Some(open_files) => sockets_per_worker(open_files, workers),
+            None => settings.limits.max_connections / workers + 1024,
+        })
         .backlog(4096)
         .disable_signals()
         .shutdown_timeout(settings.server.shutdown_timeout_secs)
@@ -309,7 +325,7 @@ fn print_quickstart(settings: &Settings, secret: &SecretString, host: &str, port
 
 #[cfg(test)]
 mod tests {
-    use super::{default_workers, streams_within};
+    use super::{default_workers, sockets_per_worker, streams_within};
 
     #[test]
     fn default_workers_leave_one_core_to_the_rest_of_the_process() {
@@ -321,6 +337,13 @@ mod tests {
     #[test]
     fn streams_keep_files_for_the_rest_of_the_process() {
         assert_eq!(streams_within(20_000), 19_488);
+    }
+
+    #[test]
+    fn sockets_stop_before_the_open_files_limit_and_leave_room_for_503_answers() {
+        assert_eq!(sockets_per_worker(20_000, 1), 19_744);
+        assert_eq!(sockets_per_worker(20_000, 4), 4_936);
+        assert!(sockets_per_worker(20_000, 1) > streams_within(20_000));
     }
 
     #[test]

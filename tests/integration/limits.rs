@@ -4,8 +4,8 @@
 use reqwest::StatusCode;
 
 use crate::common::http::{assert_refused_with_retry_after, send};
-use crate::common::spawn_app_with;
 use crate::common::token::ops;
+use crate::common::{spawn_app_with, within};
 
 const ORG: &str = "org-1";
 
@@ -81,5 +81,31 @@ async fn concurrent_connects_never_overshoot_max_connections() {
         (5, 15),
         "statuses: {:?}",
         responses.iter().map(|r| r.status()).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_idle_sockets_beyond_the_open_files_limit_never_fails_accepts() {
+    let app = spawn_app_with(|options| options.open_files_limit(530)).await;
+    let address = app.base_url().trim_start_matches("http://").to_string();
+    // More sockets than the gateway may open files, all at once: the gateway must stop
+    // accepting (they wait in the listen backlog) before it runs out of descriptors.
+    let connects = (0..600).map(|_| tokio::net::TcpStream::connect(address.as_str()));
+    let idle: Vec<_> = within(
+        std::time::Duration::from_secs(30),
+        "600 idle connections",
+        futures_util::future::join_all(connects),
+    )
+    .await;
+    assert!(idle.iter().all(Result::is_ok), "some connects failed");
+    // The window in which a gateway without the cap fails accept() in a loop.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    drop(idle);
+    app.wait_for_status("/healthz", 200, std::time::Duration::from_secs(10))
+        .await;
+    let logs = app.logs();
+    assert!(
+        !logs.contains("Too many open files") && !logs.contains("Error accepting connection"),
+        "accepts failed:\n{logs}"
     );
 }
