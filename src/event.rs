@@ -597,3 +597,130 @@ mod tests {
         assert_eq!(err.reason(), "org_mismatch");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    use super::*;
+
+    const LIMIT: usize = 65536;
+
+    /// Any JSON value, with strings that hold line breaks, quotes, escapes and non-ASCII.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "(?s).{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("(?s).{0,6}", inner, 0..4)
+                    .prop_map(|map| Value::Object(map.into_iter().collect::<Map<_, _>>())),
+            ]
+        })
+    }
+
+    fn data_object() -> impl Strategy<Value = Map<String, Value>> {
+        prop::collection::btree_map("(?s).{0,6}", json_value(), 0..5)
+            .prop_map(|map| map.into_iter().collect())
+    }
+
+    fn event_type() -> impl Strategy<Value = String> {
+        "[a-z0-9_-]{1,10}(\\.[a-z0-9_-]{1,10}){0,3}"
+    }
+
+    fn envelope_text(event_type: &str, data: &Map<String, Value>, pretty: bool) -> String {
+        let envelope = serde_json::json!({"type": event_type, "data": data});
+        if pretty {
+            serde_json::to_string_pretty(&envelope).expect("serializes")
+        } else {
+            envelope.to_string()
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_an_envelope_or_a_reason_never_a_panic(raw in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Envelope::parse(&raw, LIMIT);
+        }
+
+        #[test]
+        fn compacting_pretty_json_gives_the_compact_serialization(value in json_value()) {
+            let pretty = serde_json::to_string_pretty(&value).expect("serializes");
+            prop_assert_eq!(compact_json(&pretty), value.to_string());
+        }
+
+        #[test]
+        fn the_frame_of_any_data_is_one_sse_event_whose_data_line_is_that_data(
+            event_type in event_type(),
+            data in data_object(),
+            pretty in any::<bool>(),
+            id in prop::option::of((0..=MAX_ID_MILLIS, any::<u64>())),
+        ) {
+            let raw = envelope_text(&event_type, &data, pretty);
+            let envelope = Envelope::parse(raw.as_bytes(), LIMIT).expect("a valid envelope");
+            let id = id.map(|(millis, seq)| EventId { millis, seq });
+            let event = Event::new(OrgId::parse("o1").expect("valid"), id, envelope);
+            let frame = std::str::from_utf8(event.frame()).expect("frames are UTF-8");
+            let block = frame.strip_suffix("\n\n").expect("a frame ends with a blank line");
+            prop_assert!(!block.contains("\n\n") && !block.contains('\r'), "one event: {:?}", frame);
+            let lines: Vec<&str> = block.split('\n').collect();
+            let expected_lines = if id.is_some() { 3 } else { 2 };
+            prop_assert_eq!(lines.len(), expected_lines);
+            if let Some(id) = id {
+                prop_assert_eq!(lines[0], format!("id: {id}"));
+            }
+            prop_assert_eq!(lines[expected_lines - 2], format!("event: {event_type}"));
+            // The publisher's bytes, whitespace removed: exactly the compact serialization.
+            prop_assert_eq!(lines[expected_lines - 1], format!("data: {}", Value::Object(data)));
+        }
+
+        #[test]
+        fn a_live_message_never_carries_an_id(payload in prop::collection::vec(any::<u8>(), 0..128), prefix in "[0-9]{1,15}-[0-9]{1,5} ") {
+            let org = OrgId::parse("o1").expect("valid");
+            for candidate in [payload.clone(), [prefix.as_bytes(), &payload].concat()] {
+                if let Ok(event) = Event::decode_live(&org, &candidate, LIMIT) {
+                    prop_assert_eq!(event.id, None);
+                }
+            }
+        }
+
+        #[test]
+        fn a_durable_message_keeps_its_id_and_data(
+            millis in 0..=MAX_ID_MILLIS,
+            seq in any::<u64>(),
+            data in data_object(),
+        ) {
+            let org = OrgId::parse("o1").expect("valid");
+            let id = EventId { millis, seq };
+            let message = format!("{id} {}", envelope_text("ticket.created", &data, false));
+            let event = Event::decode_durable(&org, message.as_bytes(), LIMIT).expect("a valid message");
+            prop_assert_eq!(event.id, Some(id));
+        }
+
+        #[test]
+        fn any_bytes_are_a_durable_message_or_a_reason_never_a_panic(payload in prop::collection::vec(any::<u8>(), 0..128)) {
+            let _ = Event::decode_durable(&OrgId::parse("o1").expect("valid"), &payload, LIMIT);
+        }
+
+        #[test]
+        fn event_ids_round_trip_through_their_text(millis in 0..=MAX_ID_MILLIS, seq in any::<u64>()) {
+            let id = EventId { millis, seq };
+            prop_assert_eq!(id.to_string().parse::<EventId>(), Ok(id));
+        }
+
+        #[test]
+        fn any_text_is_an_event_id_or_invalid_never_a_panic(raw in "(?s).{0,48}") {
+            if let Ok(id) = raw.parse::<EventId>() {
+                prop_assert!(id.millis <= MAX_ID_MILLIS);
+            }
+        }
+    }
+}

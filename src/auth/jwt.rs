@@ -759,3 +759,71 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::settings::Settings;
+
+    const SECRET: &str = "property-test-secret";
+
+    fn verifier() -> JwtVerifier {
+        let settings = Settings::load_from(None, Some(HashMap::new())).expect("defaults load");
+        JwtVerifier::new(&settings.auth, Some(&SecretString::from(SECRET)), 64).expect("verifier builds")
+    }
+
+    fn minter() -> TokenMinter {
+        let settings = Settings::load_from(None, Some(HashMap::new())).expect("defaults load");
+        TokenMinter::new(&SecretString::from(SECRET), &settings.auth)
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_refused_with_a_reason_never_a_panic(token in "(?s).{0,200}") {
+            prop_assert!(verifier().verify(&token).is_err());
+        }
+
+        #[test]
+        fn any_jwt_shaped_text_is_refused(header in "[A-Za-z0-9_-]{0,60}", body in "[A-Za-z0-9_-]{0,120}", signature in "[A-Za-z0-9_-]{0,43}") {
+            let token = format!("{header}.{body}.{signature}");
+            prop_assert!(verifier().verify(&token).is_err());
+        }
+
+        #[test]
+        fn minted_claims_verify_to_themselves(
+            sub in "[A-Za-z0-9@._-]{1,40}",
+            role in "[a-z]{1,12}",
+            orgs in prop::collection::btree_set("[A-Za-z0-9_-]{1,64}", 1..8),
+            tenant_id in prop::option::of("[A-Za-z0-9-]{1,20}"),
+        ) {
+            let orgs: Vec<String> = orgs.into_iter().collect();
+            let token = minter()
+                .mint(&TokenRequest { sub: &sub, role: &role, orgs: &orgs, tenant_id: tenant_id.as_deref(), contractor_id: None, ttl_secs: 60 })
+                .expect("mints");
+            let claims = verifier().verify(&token).expect("a minted token verifies");
+            prop_assert_eq!(claims.sub, sub);
+            prop_assert_eq!(claims.role, role);
+            prop_assert_eq!(claims.orgs.iter().map(|o| o.to_string()).collect::<Vec<_>>(), orgs);
+            prop_assert_eq!(claims.tenant_id, tenant_id);
+        }
+
+        #[test]
+        fn a_minted_token_with_any_byte_changed_never_verifies_to_other_claims(position in any::<prop::sample::Index>(), replacement in any::<u8>()) {
+            let orgs = vec!["org-1".to_string()];
+            let token = minter()
+                .mint(&TokenRequest { sub: "u1", role: "ops", orgs: &orgs, tenant_id: None, contractor_id: None, ttl_secs: 60 })
+                .expect("mints");
+            let original = verifier().verify(&token).expect("verifies");
+            let mut bytes = token.into_bytes();
+            let at = position.index(bytes.len());
+            bytes[at] = replacement;
+            if let Ok(tampered) = String::from_utf8(bytes) {
+                if let Ok(claims) = verifier().verify(&tampered) {
+                    prop_assert_eq!(claims, original);
+                }
+            }
+        }
+    }
+}

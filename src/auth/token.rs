@@ -142,3 +142,67 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `access_token` with any of its characters percent-encoded (either case), or with noise.
+    fn token_key() -> impl Strategy<Value = String> {
+        let spelled = prop::collection::vec((any::<bool>(), any::<bool>()), TOKEN_PARAMETER.len()).prop_map(
+            |choices| {
+                TOKEN_PARAMETER
+                    .bytes()
+                    .zip(choices)
+                    .map(|(byte, (encode, upper))| match (encode, upper) {
+                        (false, _) => char::from(byte).to_string(),
+                        (true, false) => format!("%{byte:02x}"),
+                        (true, true) => format!("%{byte:02X}"),
+                    })
+                    .collect::<String>()
+            },
+        );
+        prop_oneof![spelled, "[a-z_%0-9+]{0,14}"]
+    }
+
+    fn pair() -> impl Strategy<Value = String> {
+        (token_key(), "[A-Za-z0-9._%=+-]{0,20}", any::<bool>()).prop_map(|(key, value, has_value)| {
+            if has_value {
+                format!("{key}={value}")
+            } else {
+                key
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn no_token_value_survives_redaction_in_any_spelling(pairs in prop::collection::vec(pair(), 0..6)) {
+            let query = pairs.join("&");
+            let redacted = redact_query(&query);
+            let decoded: Vec<(String, String)> = serde_urlencoded::from_str(&redacted).unwrap_or_default();
+            for (key, value) in decoded {
+                prop_assert!(
+                    key != TOKEN_PARAMETER || value.is_empty() || value == "REDACTED",
+                    "{query:?} redacted to {redacted:?}"
+                );
+            }
+        }
+
+        #[test]
+        fn redaction_keeps_every_other_parameter(pairs in prop::collection::vec(pair(), 0..6)) {
+            let query = pairs.join("&");
+            let redacted = redact_query(&query);
+            let kept = |q: &str| -> Vec<(String, String)> {
+                serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(key, _)| key != TOKEN_PARAMETER)
+                    .collect()
+            };
+            prop_assert_eq!(kept(&redacted), kept(&query));
+        }
+    }
+}

@@ -294,3 +294,42 @@ mod tests {
         assert!(parsed.types.is_some());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_query_string_parses_or_is_a_400_never_a_panic(query in "(?s).{0,120}") {
+            if let Err(error) = EventsQuery::parse(&query) {
+                prop_assert!(["invalid_query", "invalid_since", "invalid_last_event_id"].contains(&error.code()), "{}", error.code());
+            }
+        }
+
+        #[test]
+        fn since_in_epoch_milliseconds_is_that_instant(millis in any::<u64>()) {
+            prop_assert_eq!(parse_since(&millis.to_string()).ok(), Some(Since::Millis(millis)));
+        }
+
+        #[test]
+        fn since_as_rfc3339_is_the_same_instant_as_its_milliseconds(millis in 0u64..253_402_300_799_999, offset_minutes in -720i32..=840) {
+            let instant = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).expect("in range");
+            let offset = time::UtcOffset::from_whole_seconds(offset_minutes * 60).expect("a valid offset");
+            let text = instant
+                .to_offset(offset)
+                .format(&time::format_description::well_known::Rfc3339)
+                .expect("formats");
+            prop_assert_eq!(parse_since(&text).ok(), Some(Since::Millis(millis)));
+        }
+
+        #[test]
+        fn a_last_event_id_parameter_round_trips(millis in 0u64..=253_402_300_799_999, seq in any::<u64>()) {
+            let id = EventId { millis, seq };
+            let parsed = EventsQuery::parse(&format!("lastEventId={id}")).expect("a valid id");
+            prop_assert_eq!(parsed.last_event_id, Some(id));
+        }
+    }
+}
