@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::auth::AuthError;
 use crate::broker::BrokerError;
 use crate::policy::PolicyError;
+use crate::session::SessionError;
 
 /// Seconds a client is asked to wait before retrying a 503.
 const RETRY_AFTER_SECS: u32 = 1;
@@ -45,6 +46,21 @@ pub enum ApiError {
     /// The detail is logged where this is built, never sent: it may hold Redis internals.
     #[error("the gateway could not complete the request; it has been logged")]
     Internal,
+}
+
+impl From<SessionError> for ApiError {
+    fn from(error: SessionError) -> Self {
+        match error {
+            SessionError::Forbidden(error) => Self::Forbidden(error),
+            SessionError::ServerFull => Self::ServerFull,
+            SessionError::NotReady => Self::NotReady("Redis is unreachable".into()),
+            SessionError::UserRateLimited(rate) => {
+                Self::RateLimited(format!("more than {rate} new streams per second for this user"))
+            }
+            SessionError::TooManyConnections(max) => Self::TooManyConnections(max),
+            SessionError::Broker(error) => error.into(),
+        }
+    }
 }
 
 impl From<BrokerError> for ApiError {

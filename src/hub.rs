@@ -85,6 +85,31 @@ struct Slot {
     waker: Option<Waker>,
     /// Last time (seconds since the epoch) something was queued, for keepalives.
     last_activity: u64,
+    /// The stream is replaying history: durable events are not queued (the replay reads them
+    /// from history), so a long replay never fills the queue. Live events still are.
+    replaying: bool,
+}
+
+/// Per org, the newest durable id a stream's replay has read: live copies of events up to it
+/// were sent by the replay (or deliberately skipped by its filter) and are not sent again.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplayMarks(Vec<(OrgId, EventId)>);
+
+impl ReplayMarks {
+    /// Records that the replay read `org`'s history through `id`.
+    pub fn raise(&mut self, org: &OrgId, id: EventId) {
+        match self.0.iter_mut().find(|(known, _)| known == org) {
+            Some((_, mark)) => *mark = (*mark).max(id),
+            None => self.0.push((org.clone(), id)),
+        }
+    }
+
+    /// Whether the replay already covered `event`.
+    pub fn covers(&self, event: &Event) -> bool {
+        event
+            .id
+            .is_some_and(|id| self.0.iter().any(|(org, mark)| *org == event.org && id <= *mark))
+    }
 }
 
 enum Closing {
@@ -211,7 +236,16 @@ impl Shard {
     }
 
     /// Adds a subscriber for every org of `viewer`. From now on it queues the events it may see.
-    pub fn register(&self, viewer: Viewer, role: &str, expires_at: u64, now: u64) -> Arc<Subscriber> {
+    /// `replaying`: the stream starts with a replay, during which durable events are not
+    /// queued (see `Subscriber::stop_replaying`).
+    pub fn register(
+        &self,
+        viewer: Viewer,
+        role: &str,
+        expires_at: u64,
+        now: u64,
+        replaying: bool,
+    ) -> Arc<Subscriber> {
         let subscriber = Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             role: role.into(),
@@ -219,6 +253,7 @@ impl Shard {
             expires_at,
             slot: Mutex::new(Slot {
                 last_activity: now,
+                replaying,
                 ..Slot::default()
             }),
         });
@@ -332,10 +367,22 @@ impl Subscriber {
         self.viewer.may_see(event)
     }
 
+    /// From now on durable events are queued too. The replay then reads history once more, so
+    /// an event published around the switch is either read or queued (or both: the marks
+    /// drop the queued copy).
+    pub fn stop_replaying(&self) {
+        self.slot.lock().replaying = false;
+    }
+
+    /// Whether the stream is ending (drained, expired, or cut as slow).
+    pub fn is_closing(&self) -> bool {
+        self.slot.lock().closing.is_some()
+    }
+
     fn push(&self, event: &Arc<Event>, capacity: usize) {
         let waker = {
             let mut slot = self.slot.lock();
-            if slot.closing.is_some() {
+            if slot.closing.is_some() || (slot.replaying && event.id.is_some()) {
                 return;
             }
             if slot.normal.len() + slot.high.len() >= capacity {
@@ -371,16 +418,15 @@ impl Subscriber {
     }
 
     /// Takes what is queued as one chunk of at most `MAX_CHUNK_BYTES` (always at least one
-    /// frame), high-priority events first. Durable events at or below `skip_through` were
-    /// already sent by the replay and are skipped. What does not fit stays queued, where a later
-    /// high-priority event can still overtake it and the queue's bound still counts it.
-    pub fn take(&self, waker: &Waker, skip_through: Option<EventId>, now: u64) -> Output {
+    /// frame), high-priority events first. Durable events the replay covered (`marks`) are
+    /// skipped. What does not fit stays queued, where a later high-priority event can still
+    /// overtake it and the queue's bound still counts it.
+    pub fn take(&self, waker: &Waker, marks: &ReplayMarks, now: u64) -> Output {
         let mut slot = self.slot.lock();
         if matches!(slot.closing, Some(Closing::Slow)) {
             return Output::Ended;
         }
-        let already_sent =
-            |event: &Event| matches!((event.id, skip_through), (Some(id), Some(mark)) if id <= mark);
+        let already_sent = |event: &Event| marks.covers(event);
         let mut frames = Chunk::with_expected(slot.high.len() + slot.normal.len() + 2);
         let mut events = 0;
         let mut oldest = None;
@@ -557,15 +603,18 @@ mod tests {
     #[test]
     fn queued_events_leave_as_one_chunk_in_order() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
         shard.publish(&event("o1", None, "normal", 1));
         shard.publish(&event("o1", None, "normal", 2));
         let (waker, _) = noop_waker();
         assert_eq!(
-            text(subscriber.take(&waker, None, 0)),
+            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
             "event: a.b\ndata: {\"n\":1}\n\nevent: a.b\ndata: {\"n\":2}\n\n"
         );
-        assert_eq!(text(subscriber.take(&waker, None, 0)), "<pending>");
+        assert_eq!(
+            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
+            "<pending>"
+        );
     }
 
     fn big_event(n: u32) -> Arc<Event> {
@@ -578,7 +627,7 @@ mod tests {
     /// A subscriber with three 40 kB events queued: more than one chunk holds.
     fn three_big_events_queued() -> (Shard, Arc<Subscriber>) {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
         for n in 1..=3 {
             shard.publish(&big_event(n));
         }
@@ -597,23 +646,26 @@ mod tests {
     fn a_chunk_stops_at_the_byte_budget_and_the_rest_stays_queued() {
         let (_shard, subscriber) = three_big_events_queued();
         let (waker, _) = noop_waker();
-        let first = text(subscriber.take(&waker, None, 0));
+        let first = text(subscriber.take(&waker, &ReplayMarks::default(), 0));
         assert_eq!(
             frames_in(&first).len(),
             2,
             "two 40 kB frames reach the 64 kB budget"
         );
-        assert!(frames_in(&text(subscriber.take(&waker, None, 0)))[0].contains("\"n\":3"));
-        assert_eq!(text(subscriber.take(&waker, None, 0)), "<pending>");
+        assert!(frames_in(&text(subscriber.take(&waker, &ReplayMarks::default(), 0)))[0].contains("\"n\":3"));
+        assert_eq!(
+            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
+            "<pending>"
+        );
     }
 
     #[test]
     fn high_priority_overtakes_events_left_queued_by_a_full_chunk() {
         let (shard, subscriber) = three_big_events_queued();
         let (waker, _) = noop_waker();
-        let _ = subscriber.take(&waker, None, 0);
+        let _ = subscriber.take(&waker, &ReplayMarks::default(), 0);
         shard.publish(&event("o1", None, "high", 9));
-        let next = text(subscriber.take(&waker, None, 0));
+        let next = text(subscriber.take(&waker, &ReplayMarks::default(), 0));
         assert_eq!(frames_in(&next)[0], "event: a.b\ndata: {\"n\":9}");
         assert!(frames_in(&next)[1].contains("\"n\":3"));
     }
@@ -623,39 +675,51 @@ mod tests {
         let (shard, subscriber) = three_big_events_queued();
         shard.close_all(|| Bytes::from_static(b"bye\n\n"));
         let (waker, _) = noop_waker();
-        let _ = subscriber.take(&waker, None, 0);
-        let last = text(subscriber.take(&waker, None, 0));
+        let _ = subscriber.take(&waker, &ReplayMarks::default(), 0);
+        let last = text(subscriber.take(&waker, &ReplayMarks::default(), 0));
         assert_eq!(frames_in(&last).len(), 2);
         assert!(last.ends_with("bye\n\n"));
-        assert_eq!(text(subscriber.take(&waker, None, 0)), "<ended>");
+        assert_eq!(
+            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
+            "<ended>"
+        );
     }
 
     #[test]
     fn events_of_other_orgs_never_reach_a_subscriber() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
         assert_eq!(shard.publish(&event("o2", None, "normal", 1)), 0);
         let (waker, _) = noop_waker();
-        assert_eq!(text(subscriber.take(&waker, None, 0)), "<pending>");
+        assert_eq!(
+            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
+            "<pending>"
+        );
     }
 
     #[test]
     fn a_full_queue_ends_the_stream_without_sending_more() {
         let shard = Shard::detached(2);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
         for n in 0..3 {
             shard.publish(&event("o1", None, "normal", n));
         }
         let (waker, _) = noop_waker();
-        assert_eq!(text(subscriber.take(&waker, None, 0)), "<ended>");
+        assert_eq!(
+            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
+            "<ended>"
+        );
     }
 
     #[test]
     fn a_publish_wakes_a_waiting_stream() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
         let (waker, counter) = noop_waker();
-        assert_eq!(text(subscriber.take(&waker, None, 0)), "<pending>");
+        assert_eq!(
+            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
+            "<pending>"
+        );
         shard.publish(&event("o1", None, "normal", 1));
         assert_eq!(counter.0.load(Ordering::Relaxed), 1);
     }
@@ -663,12 +727,12 @@ mod tests {
     #[test]
     fn high_priority_overtakes_queued_durable_events_without_its_id() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
         shard.publish(&event("o1", Some(1), "normal", 1));
         shard.publish(&event("o1", Some(2), "high", 2));
         let (waker, _) = noop_waker();
         assert_eq!(
-            text(subscriber.take(&waker, None, 0)),
+            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
             "event: a.b\ndata: {\"n\":2}\n\nid: 1-1\nevent: a.b\ndata: {\"n\":1}\n\n"
         );
     }
@@ -676,11 +740,11 @@ mod tests {
     #[test]
     fn high_priority_with_nothing_to_overtake_keeps_its_id() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
         shard.publish(&event("o1", Some(2), "high", 2));
         let (waker, _) = noop_waker();
         assert_eq!(
-            text(subscriber.take(&waker, None, 0)),
+            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
             "id: 1-2\nevent: a.b\ndata: {\"n\":2}\n\n"
         );
     }
@@ -688,50 +752,95 @@ mod tests {
     #[test]
     fn events_already_replayed_are_skipped() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
         shard.publish(&event("o1", Some(1), "normal", 1));
         shard.publish(&event("o1", Some(2), "normal", 2));
         let (waker, _) = noop_waker();
-        let mark = Some(EventId { millis: 1, seq: 1 });
+        let mut marks = ReplayMarks::default();
+        marks.raise(&OrgId::parse("o1").expect("valid"), EventId { millis: 1, seq: 1 });
         assert_eq!(
-            text(subscriber.take(&waker, mark, 0)),
+            text(subscriber.take(&waker, &marks, 0)),
             "id: 1-2\nevent: a.b\ndata: {\"n\":2}\n\n"
+        );
+    }
+
+    #[test]
+    fn a_mark_covers_only_its_own_org() {
+        let mut marks = ReplayMarks::default();
+        marks.raise(&OrgId::parse("o1").expect("valid"), EventId { millis: 5, seq: 0 });
+        assert!(marks.covers(&event("o1", Some(4), "normal", 1)));
+        assert!(!marks.covers(&event("o2", Some(4), "normal", 1)));
+        assert!(
+            !marks.covers(&event("o1", None, "normal", 1)),
+            "live events are never covered"
+        );
+    }
+
+    #[test]
+    fn a_replaying_stream_queues_live_events_but_not_durable_ones() {
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, true);
+        shard.publish(&event("o1", Some(1), "normal", 1));
+        shard.publish(&event("o1", None, "normal", 2));
+        subscriber.stop_replaying();
+        shard.publish(&event("o1", Some(3), "normal", 3));
+        let (waker, _) = noop_waker();
+        let frames = frames_in(&text(subscriber.take(&waker, &ReplayMarks::default(), 0)));
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert!(
+            frames[0].contains("\"n\":2") && frames[1].contains("\"n\":3"),
+            "{frames:?}"
         );
     }
 
     #[test]
     fn expiry_sends_the_final_frame_then_ends() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", 100, 0);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", 100, 0, false);
         let keepalive = Bytes::from_static(b"ka\n\n");
         let expired = Bytes::from_static(b"expired\n\n");
         shard.tick(99, 1000, &keepalive, &expired);
         let (waker, _) = noop_waker();
-        assert_eq!(text(subscriber.take(&waker, None, 99)), "<pending>");
+        assert_eq!(
+            text(subscriber.take(&waker, &ReplayMarks::default(), 99)),
+            "<pending>"
+        );
         shard.tick(100, 1000, &keepalive, &expired);
-        assert_eq!(text(subscriber.take(&waker, None, 100)), "expired\n\n");
-        assert_eq!(text(subscriber.take(&waker, None, 100)), "<ended>");
+        assert_eq!(
+            text(subscriber.take(&waker, &ReplayMarks::default(), 100)),
+            "expired\n\n"
+        );
+        assert_eq!(
+            text(subscriber.take(&waker, &ReplayMarks::default(), 100)),
+            "<ended>"
+        );
     }
 
     #[test]
     fn keepalive_goes_only_to_idle_streams() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
         let keepalive = Bytes::from_static(b"ka\n\n");
         let expired = Bytes::from_static(b"expired\n\n");
         let (waker, _) = noop_waker();
         shard.publish(&event("o1", None, "normal", 1));
-        let _ = subscriber.take(&waker, None, 10);
+        let _ = subscriber.take(&waker, &ReplayMarks::default(), 10);
         shard.tick(14, 5, &keepalive, &expired);
-        assert_eq!(text(subscriber.take(&waker, None, 14)), "<pending>");
+        assert_eq!(
+            text(subscriber.take(&waker, &ReplayMarks::default(), 14)),
+            "<pending>"
+        );
         shard.tick(15, 5, &keepalive, &expired);
-        assert_eq!(text(subscriber.take(&waker, None, 15)), "ka\n\n");
+        assert_eq!(
+            text(subscriber.take(&waker, &ReplayMarks::default(), 15)),
+            "ka\n\n"
+        );
     }
 
     #[test]
     fn unregistered_subscribers_get_nothing() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
         shard.unregister(&subscriber);
         assert!(!shard.has_subscribers(&OrgId::parse("o1").expect("valid")));
         assert_eq!(shard.publish(&event("o1", None, "normal", 1)), 0);

@@ -5,7 +5,8 @@
 //!
 //! Reading order: `settings` and `telemetry` (start-up), `event` (the boundary), `auth` and
 //! `policy` (who sees what), `broker` (Redis or embedded: where events come from), `hub` (local
-//! fan-out), `sse` (one stream), `routes` and `error` (the HTTP edge), `startup` (wiring).
+//! fan-out), `session` (opening a stream, paged replay, live), `sse` (its framing), `routes` and
+//! `error` (the HTTP edge), `startup` (wiring).
 
 pub mod auth;
 pub mod broker;
@@ -17,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod routes;
+pub mod session;
 pub mod settings;
 pub mod shutdown;
 pub mod sse;

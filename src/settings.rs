@@ -84,6 +84,9 @@ pub struct SseSettings {
 pub struct HistorySettings {
     pub retention_secs: u64,
     pub max_events_per_org: usize,
+    /// Replays a replica runs at once; a stream waiting for its turn is open and has its
+    /// `connected` event.
+    pub max_concurrent_replays: usize,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -213,7 +216,11 @@ impl Settings {
                 ));
             }
         }
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 11] = [
+            (
+                "history.max_concurrent_replays",
+                self.history.max_concurrent_replays as u64,
+            ),
             ("server.body_timeout_secs", self.server.body_timeout_secs),
             ("sse.keepalive_secs", self.sse.keepalive_secs),
             ("sse.queue_capacity", self.sse.queue_capacity as u64),

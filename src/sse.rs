@@ -1,6 +1,5 @@
-//! One client's stream: the opening frames (retry, connected, replay) and then whatever the hub
-//! queues for it, written as one chunk per wake-up. Dropping it (client gone, stream ended)
-//! unregisters the connection and releases its org subscriptions.
+//! Server-Sent Events: the framing of a session (`SseFraming`), the response body that writes it
+//! (`EventStream`), and the protocol frames shared by every stream (retry, keepalive, expiry).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -11,11 +10,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_core::Stream;
 use serde_json::json;
 
-use crate::broker::{Lease, Permit, Replay};
-use crate::clock::unix_secs;
-use crate::event::EventId;
-use crate::hub::{Output, Shard, Subscriber};
-use crate::limits::StreamSlot;
+use crate::broker::Truncation;
+use crate::event::Event;
+use crate::hub::Shard;
+use crate::session::{Chunk, Connected, Framing, Session};
 
 /// `retry: <ms>` — how long the client waits before reconnecting.
 pub fn retry_frame(millis: u64) -> Bytes {
@@ -39,77 +37,50 @@ pub fn expired_frame() -> Bytes {
     )
 }
 
-/// What the `connected` event tells the client.
-pub struct ConnectedInfo<'a> {
-    pub connection_id: String,
-    pub user_id: &'a str,
-    pub role: &'a str,
-    pub orgs: Vec<&'a str>,
-    pub replica: &'a str,
-    pub keepalive_secs: u64,
+/// The SSE framing of a session: `retry:` and `connected` first, `history.truncated` when a
+/// replay cannot start where asked, and every event as its shared, pre-encoded frame.
+pub struct SseFraming {
+    /// `sse.retry_ms`, sent at connect.
+    pub retry_ms: u64,
 }
 
-/// The frames a stream starts with: `retry:`, `connected`, then the replay (with
-/// `history.truncated` first when the replay cannot start where the client asked).
-pub fn opening_frames(
-    retry_ms: u64,
-    connected: &ConnectedInfo<'_>,
-    replay: &Replay,
-    subscriber: &Subscriber,
-) -> Bytes {
-    let connected_data = json!({
-        "connectionId": connected.connection_id,
-        "userId": connected.user_id,
-        "role": connected.role,
-        "orgs": connected.orgs,
-        "replica": connected.replica,
-        "keepaliveSecs": connected.keepalive_secs,
-    });
-    let mut frames = BytesMut::with_capacity(256);
-    frames.put_slice(&retry_frame(retry_ms));
-    frames.put_slice(format!("event: connected\ndata: {connected_data}\n\n").as_bytes());
-    if let Some(truncation) = &replay.truncated {
+impl Framing for SseFraming {
+    fn opening(&self, connected: &Connected) -> Bytes {
+        let connected_data = json!({
+            "connectionId": connected.connection_id,
+            "userId": connected.user_id,
+            "role": connected.role,
+            "orgs": connected.orgs,
+            "replica": connected.replica,
+            "keepaliveSecs": connected.keepalive_secs,
+        });
+        let mut frames = BytesMut::with_capacity(256);
+        frames.put_slice(&retry_frame(self.retry_ms));
+        frames.put_slice(format!("event: connected\ndata: {connected_data}\n\n").as_bytes());
+        frames.freeze()
+    }
+
+    fn truncated(&self, truncation: &Truncation) -> Bytes {
         let oldest_id = truncation.oldest_id.map(|id| id.to_string()).unwrap_or_default();
-        frames.put_slice(
-            format!(
-                "event: history.truncated\ndata: {}\n\n",
-                json!({ "oldestId": oldest_id, "reason": truncation.reason.as_str() })
-            )
-            .as_bytes(),
-        );
+        let data = json!({ "oldestId": oldest_id, "reason": truncation.reason.as_str() });
+        Bytes::from(format!("event: history.truncated\ndata: {data}\n\n"))
     }
-    for event in replay.events.iter().filter(|event| subscriber.may_see(event)) {
-        frames.put_slice(event.frame());
+
+    fn replayed<'a>(&self, event: &'a Event) -> &'a Bytes {
+        event.frame()
     }
-    frames.freeze()
 }
 
+/// The response body of `GET /api/events`: a session, written as SSE.
 pub struct EventStream {
-    opening: Option<Bytes>,
-    subscriber: Arc<Subscriber>,
+    session: Session<SseFraming>,
+    /// This worker's delivery counters.
     shard: Arc<Shard>,
-    /// The newest durable id the replay covered: queued live copies up to it are skipped.
-    replayed_through: Option<EventId>,
-    /// Keeps this replica subscribed to the stream's orgs, and the stream counted against the
-    /// user's limit and the replica's, while the stream lives.
-    _held: (Lease, Permit, StreamSlot),
 }
 
 impl EventStream {
-    pub fn new(
-        opening: Bytes,
-        subscriber: Arc<Subscriber>,
-        shard: Arc<Shard>,
-        replayed_through: Option<EventId>,
-        held: (Lease, Permit, StreamSlot),
-    ) -> Self {
-        Self {
-            opening: Some(opening),
-            subscriber,
-            shard,
-            replayed_through,
-            _held: held,
-        }
+    pub fn new(session: Session<SseFraming>, shard: Arc<Shard>) -> Self {
+        Self { session, shard }
     }
 }
 
@@ -118,18 +89,13 @@ impl Stream for EventStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(opening) = this.opening.take() {
-            return Poll::Ready(Some(Ok(opening)));
-        }
-        match this
-            .subscriber
-            .take(cx.waker(), this.replayed_through, unix_secs())
-        {
-            Output::Frames {
+        match this.session.poll_chunk(cx) {
+            Poll::Ready(Some(Chunk::Bytes(bytes))) => Poll::Ready(Some(Ok(bytes))),
+            Poll::Ready(Some(Chunk::Live {
                 bytes,
                 events,
                 oldest,
-            } => {
+            })) => {
                 let stats = this.shard.stats();
                 if events > 0 {
                     stats.events_delivered(events);
@@ -139,16 +105,9 @@ impl Stream for EventStream {
                 }
                 Poll::Ready(Some(Ok(bytes)))
             }
-            Output::Pending => Poll::Pending,
-            Output::Ended => Poll::Ready(None),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-impl Drop for EventStream {
-    fn drop(&mut self) {
-        self.shard.unregister(&self.subscriber);
-        tracing::debug!(conn = self.subscriber.id, "Stream closed.");
     }
 }
 

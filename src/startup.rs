@@ -20,6 +20,7 @@ use crate::limits::{RateLimiter, StreamSlots};
 use crate::metrics::METRICS;
 use crate::policy::Policy;
 use crate::routes::{self, AppState};
+use crate::session::{SessionSettings, Sessions};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::sse;
@@ -80,6 +81,10 @@ fn fit_connections_to_open_files(settings: &mut Settings) -> Option<u64> {
     Some(open_files)
 }
 
+/// Events one replay page reads across a stream's orgs: each Redis call of a replay reads at
+/// most this many entries (at most one per org beyond it), whatever the history's size.
+const REPLAY_PAGE_EVENTS: usize = 256;
+
 /// Org used by the sample commands printed when no key is configured.
 const DEMO_ORG: &str = "demo-org";
 
@@ -135,6 +140,21 @@ impl Application {
             0 => default_workers(std::thread::available_parallelism().map_or(1, usize::from)),
             n => n,
         };
+        let registry = Arc::new(registry);
+        let sessions = Sessions::new(
+            policy.clone(),
+            broker.clone(),
+            registry.clone(),
+            StreamSlots::new(settings.limits.max_connections),
+            settings.history.max_concurrent_replays,
+            SessionSettings {
+                replica_name: settings.server.replica_name.clone(),
+                keepalive_secs: settings.sse.keepalive_secs,
+                max_connections_per_user: settings.limits.max_connections_per_user,
+                connect_rate_per_user: settings.limits.connect_rate_per_user,
+                replay_page_events: REPLAY_PAGE_EVENTS,
+            },
+        );
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             verifier,
@@ -142,9 +162,8 @@ impl Application {
             hub: hub.clone(),
             broker,
             registry,
-            user_rate: RateLimiter::new(settings.limits.connect_rate_per_user),
+            sessions,
             ip_rate: RateLimiter::new(settings.limits.connect_rate_per_ip),
-            stream_slots: StreamSlots::new(settings.limits.max_connections),
             shutdown: shutdown.clone(),
         });
         // An idle stream then holds no 8 KiB read/write buffers: ~3.5 KB instead of ~12 KB.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{merge_by_id, PublishItem, ReplayFrom, Snapshot};
+use super::{OrgCursor, OrgPage, Page, PublishItem};
 use crate::clock::unix_millis;
 use crate::event::{Event, EventId, OrgId};
 use crate::hub::Hub;
@@ -82,43 +82,37 @@ impl EmbeddedBroker {
         ids
     }
 
-    pub(super) fn snapshot(&self, orgs: &[OrgId], from: ReplayFrom) -> Snapshot {
+    pub(super) fn read_page(&self, cursors: &[OrgCursor], count: usize) -> Page {
         let now = unix_millis();
         let mut state = self.state.lock();
-        let mut snapshot = Snapshot {
-            last_issued: state.last_id,
-            ..Snapshot::default()
-        };
-        let mut per_org = Vec::with_capacity(orgs.len());
-        for org in orgs {
-            let Some(history) = state.orgs.get_mut(org) else {
-                continue;
-            };
-            history.trim(now, self.retention_millis, self.max_events_per_org);
-            let oldest = history.events.front().and_then(|e| e.id);
-            if let Some(oldest) = oldest {
-                snapshot.oldest_kept = Some(snapshot.oldest_kept.map_or(oldest, |o| o.min(oldest)));
-            }
-            if history
-                .max_deleted
-                .is_some_and(|deleted| deleted > from.boundary())
-            {
-                if let Some(oldest) = oldest.or(history.max_deleted) {
-                    snapshot.trimmed = Some(snapshot.trimmed.map_or(oldest, |t| t.min(oldest)));
-                }
-            }
-            snapshot.high_water = snapshot.high_water.max(history.events.back().and_then(|e| e.id));
-            per_org.push(
-                history
+        let last_issued = state.last_id;
+        let orgs = cursors
+            .iter()
+            .map(|cursor| {
+                let Some(history) = state.orgs.get_mut(&cursor.org) else {
+                    return OrgPage::new(cursor.org.clone(), cursor.from, Vec::new(), count, None, None);
+                };
+                history.trim(now, self.retention_millis, self.max_events_per_org);
+                let first = history
                     .events
-                    .iter()
-                    .filter(|event| event.id.is_some_and(|id| from.admits(id)))
-                    .cloned()
-                    .collect(),
-            );
-        }
-        snapshot.events = merge_by_id(per_org);
-        snapshot
+                    .partition_point(|event| event.id.is_none_or(|id| !cursor.from.admits(id)));
+                let entries = history
+                    .events
+                    .range(first..)
+                    .take(count)
+                    .filter_map(|event| Some((event.id?, Ok(event.clone()))))
+                    .collect();
+                OrgPage::new(
+                    cursor.org.clone(),
+                    cursor.from,
+                    entries,
+                    count,
+                    history.max_deleted,
+                    history.events.front().and_then(|e| e.id),
+                )
+            })
+            .collect();
+        Page { orgs, last_issued }
     }
 
     /// The newest id handed out, if any.
@@ -138,7 +132,7 @@ impl EmbeddedBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::{Broker, Replay, Truncation, TruncationReason};
+    use crate::broker::ReplayFrom;
     use crate::event::Envelope;
 
     fn item(org: &str, n: u32) -> PublishItem {
@@ -150,116 +144,72 @@ mod tests {
         }
     }
 
-    fn broker(max_events: usize) -> Broker {
-        Broker::Embedded(Arc::new(EmbeddedBroker::new(
-            Arc::new(Hub::new(16)),
-            3600,
-            max_events,
-        )))
+    fn broker(max_events: usize) -> EmbeddedBroker {
+        EmbeddedBroker::new(Arc::new(Hub::new(16)), 3600, max_events)
     }
 
-    fn publish(broker: &Broker, items: Vec<PublishItem>) -> Vec<EventId> {
-        match broker {
-            Broker::Embedded(embedded) => embedded.publish(items),
-            Broker::Redis(_) => unreachable!("an embedded broker"),
+    fn cursor(org: &str, from: ReplayFrom) -> OrgCursor {
+        OrgCursor {
+            org: OrgId::parse(org).expect("valid"),
+            from,
         }
     }
 
-    fn orgs(names: &[&str]) -> Vec<OrgId> {
-        names.iter().map(|o| OrgId::parse(o).expect("valid")).collect()
-    }
-
-    async fn replay(broker: &Broker, orgs: &[OrgId], from: ReplayFrom) -> Replay {
-        broker
-            .replay(orgs, from)
-            .await
-            .expect("the embedded broker never fails")
-    }
-
-    fn ids_of(replay: &Replay) -> Vec<EventId> {
-        replay.events.iter().filter_map(|e| e.id).collect()
+    fn ids_of(page: &OrgPage) -> Vec<EventId> {
+        page.events.iter().filter_map(|e| e.id).collect()
     }
 
     #[test]
     fn ids_increase_across_orgs() {
         let broker = broker(100);
-        let ids = publish(&broker, vec![item("a", 1), item("b", 2), item("a", 3)]);
+        let ids = broker.publish(vec![item("a", 1), item("b", 2), item("a", 3)]);
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     }
 
-    #[tokio::test]
-    async fn replay_after_an_id_merges_orgs_in_id_order() {
+    #[test]
+    fn a_page_reads_each_org_after_its_own_cursor() {
         let broker = broker(100);
-        let ids = publish(
-            &broker,
-            vec![item("a", 1), item("b", 2), item("a", 3), item("c", 4)],
+        let ids = broker.publish(vec![item("a", 1), item("b", 2), item("a", 3), item("b", 4)]);
+        let page = broker.read_page(
+            &[
+                cursor("a", ReplayFrom::After(ids[0])),
+                cursor("b", ReplayFrom::Since(0)),
+            ],
+            10,
         );
-        let replay = replay(&broker, &orgs(&["a", "b"]), ReplayFrom::After(ids[0])).await;
-        assert_eq!(ids_of(&replay), vec![ids[1], ids[2]]);
-        assert_eq!(replay.truncated, None);
-        assert_eq!(replay.replayed_through, Some(ids[2]));
+        assert_eq!(ids_of(&page.orgs[0]), vec![ids[2]]);
+        assert_eq!(ids_of(&page.orgs[1]), vec![ids[1], ids[3]]);
+        assert_eq!(page.last_issued, Some(ids[3]));
+        assert!(page.orgs.iter().all(|org| org.exhausted && org.trimmed.is_none()));
     }
 
-    #[tokio::test]
-    async fn history_is_bounded_and_reports_truncation() {
+    #[test]
+    fn a_page_holds_at_most_the_count_and_says_where_to_go_on() {
+        let broker = broker(100);
+        let ids = broker.publish(vec![item("a", 1), item("a", 2), item("a", 3)]);
+        let page = broker.read_page(&[cursor("a", ReplayFrom::Since(0))], 2);
+        let first = &page.orgs[0];
+        assert_eq!(ids_of(first), vec![ids[0], ids[1]]);
+        assert_eq!((first.read_through, first.exhausted), (Some(ids[1]), false));
+        let next = broker.read_page(&[cursor("a", ReplayFrom::After(ids[1]))], 2);
+        assert_eq!(ids_of(&next.orgs[0]), vec![ids[2]]);
+        assert!(next.orgs[0].exhausted);
+    }
+
+    #[test]
+    fn history_is_bounded_and_a_cursor_before_trimmed_events_is_told() {
         let broker = broker(2);
-        let ids = publish(
-            &broker,
-            vec![item("a", 1), item("a", 2), item("a", 3), item("a", 4)],
-        );
-        let replay = replay(&broker, &orgs(&["a"]), ReplayFrom::After(ids[0])).await;
-        assert_eq!(ids_of(&replay), vec![ids[2], ids[3]]);
-        assert_eq!(
-            replay.truncated,
-            Some(Truncation {
-                oldest_id: Some(ids[2]),
-                reason: TruncationReason::Trimmed
-            })
-        );
-        let recent = replay_recent(&broker, ids[2]).await;
-        assert_eq!(recent.truncated, None);
-    }
-
-    async fn replay_recent(broker: &Broker, after: EventId) -> Replay {
-        replay(broker, &orgs(&["a"]), ReplayFrom::After(after)).await
-    }
-
-    #[tokio::test]
-    async fn an_id_never_issued_replays_everything_kept_after_a_reset_notice() {
-        let broker = broker(100);
-        let ids = publish(&broker, vec![item("a", 1), item("a", 2)]);
-        let forged = EventId {
-            millis: ids[1].millis + 1_000_000,
-            seq: 0,
-        };
-        let replay = replay_recent(&broker, forged).await;
-        assert_eq!(ids_of(&replay), ids);
-        assert_eq!(
-            replay.truncated,
-            Some(Truncation {
-                oldest_id: Some(ids[0]),
-                reason: TruncationReason::Reset
-            })
-        );
-        assert_eq!(
-            replay.replayed_through,
-            Some(ids[1]),
-            "live events after the forged id are not skipped"
-        );
-    }
-
-    #[tokio::test]
-    async fn the_newest_issued_id_is_a_known_position() {
-        let broker = broker(100);
-        let ids = publish(&broker, vec![item("a", 1)]);
-        let replay = replay_recent(&broker, ids[0]).await;
-        assert!(replay.events.is_empty());
-        assert_eq!(replay.truncated, None);
+        let ids = broker.publish(vec![item("a", 1), item("a", 2), item("a", 3), item("a", 4)]);
+        let page = broker.read_page(&[cursor("a", ReplayFrom::After(ids[0]))], 10);
+        assert_eq!(ids_of(&page.orgs[0]), vec![ids[2], ids[3]]);
+        assert_eq!(page.orgs[0].trimmed, Some(ids[2]));
+        let recent = broker.read_page(&[cursor("a", ReplayFrom::After(ids[2]))], 10);
+        assert_eq!(recent.orgs[0].trimmed, None);
     }
 
     #[test]
     fn acks_are_kept_per_user() {
-        let broker = EmbeddedBroker::new(Arc::new(Hub::new(16)), 3600, 2);
+        let broker = broker(2);
         let id = EventId { millis: 5, seq: 0 };
         broker.save_ack("u1", id);
         assert_eq!(broker.load_ack("u1"), Some(id));

@@ -3,7 +3,7 @@
 -- them missing or different (FUNCTION LOAD REPLACE). The limits below are filled in from the configuration.
 --
 --   FCALL event_gateway_publish 0 <org> <envelope-json>   -> event id
---   FCALL_RO event_gateway_replay 0 <start> <count> <org> [<org> ...]
+--   FCALL_RO event_gateway_page 0 <count> <org> <start> [<org> <start> ...]
 --   FCALL_RO event_gateway_version 0                         -> digest of this library
 --
 -- Event ids are "<ms>-<seq>" from ONE counter per Redis (key events:last-id), so they are
@@ -171,21 +171,23 @@ local function last_issued()
   return '0-0'
 end
 
--- One consistent snapshot of several orgs' history: { newest id issued, per_org } where per_org
--- holds for each org { org, newest trimmed id or '0-0', oldest kept id or '', { {id, {'e', envelope}}, ... } }
-local function replay(keys, args)
-  local start, count = args[1], args[2]
+-- One page of several orgs' history, each org read from its own start, at most <count> entries
+-- per org (the caller keeps count x orgs small, so every call does bounded work):
+--   FCALL_RO event_gateway_page 0 <count> <org> <start> [<org> <start> ...]
+-- -> { newest id issued, { {org, newest trimmed id or '0-0', oldest kept id or '',
+--                            { {id, {'e', envelope}}, ... }}, ... } }
+-- <start> is an XRANGE start: '(<id>' for after an id, '<ms>-0' for from a time.
+local function page(keys, args)
+  local count = args[1]
   local out = {}
-  for i = 3, #args do
-    local org = args[i]
+  for i = 2, #args - 1, 2 do
+    local org, start = args[i], args[i + 1]
     local stream = 'events:history:' .. org
     local deleted = redis.call('GET', 'events:trimmed:' .. org) or '0-0'
     local oldest, entries = '', {}
-    if redis.call('EXISTS', stream) == 1 then
-      local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
-      if first[1] then
-        oldest = first[1][1]
-      end
+    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+    if first[1] then
+      oldest = first[1][1]
       entries = redis.call('XRANGE', stream, start, '+', 'COUNT', count)
     end
     out[#out + 1] = {org, deleted, oldest, entries}
@@ -259,4 +261,4 @@ redis.register_function('event_gateway_publish', publish)
 redis.register_function{function_name = 'event_gateway_version', callback = version, flags = {'no-writes'}}
 redis.register_function('event_gateway_conn_open', conn_open)
 redis.register_function{function_name = 'event_gateway_registry', callback = registry, flags = {'no-writes'}}
-redis.register_function{function_name = 'event_gateway_replay', callback = replay, flags = {'no-writes'}}
+redis.register_function{function_name = 'event_gateway_page', callback = page, flags = {'no-writes'}}

@@ -96,75 +96,70 @@ pub struct Truncation {
     pub reason: TruncationReason,
 }
 
-/// Durable events to send before live ones.
+/// One org's place in a replay: the next page starts there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrgCursor {
+    pub org: OrgId,
+    pub from: ReplayFrom,
+}
+
+/// What one page read found for one org.
 #[derive(Debug)]
-pub struct Replay {
-    /// Oldest first, across every requested org.
+pub struct OrgPage {
+    pub org: OrgId,
+    /// Oldest first, at most the count asked for. Entries that no longer decode are counted as
+    /// dropped and skipped.
     pub events: Vec<Arc<Event>>,
-    /// Set when the replay cannot start at the requested position.
-    pub truncated: Option<Truncation>,
-    /// Every durable event up to this id has been replayed or deliberately skipped: live
-    /// events up to it are duplicates.
-    pub replayed_through: Option<EventId>,
+    /// The newest id read, decodable or not: the next page starts after it.
+    pub read_through: Option<EventId>,
+    /// Set when events after the cursor were trimmed: the oldest id still kept.
+    pub trimmed: Option<EventId>,
+    /// The oldest id kept for the org, if any.
+    pub oldest_kept: Option<EventId>,
+    /// Fewer entries than asked for: the org has nothing more after `read_through` for now.
+    pub exhausted: bool,
 }
 
-impl Replay {
-    /// No replay: the stream starts with live events.
-    pub fn none() -> Self {
+/// One bounded read of several orgs' history.
+#[derive(Debug)]
+pub struct Page {
+    pub orgs: Vec<OrgPage>,
+    /// The newest id this history ever issued (any org): a cursor after it was never issued.
+    pub last_issued: Option<EventId>,
+}
+
+impl OrgPage {
+    /// Builds the page of one org from its entries (oldest first, `count` asked for).
+    fn new(
+        org: OrgId,
+        from: ReplayFrom,
+        entries: Vec<(EventId, Result<Arc<Event>, crate::event::EnvelopeError>)>,
+        count: usize,
+        max_deleted: Option<EventId>,
+        oldest_kept: Option<EventId>,
+    ) -> Self {
+        let exhausted = entries.len() < count;
+        let read_through = entries.last().map(|(id, _)| *id);
+        let events = entries
+            .into_iter()
+            .filter_map(|(_, decoded)| match decoded {
+                Ok(event) => Some(event),
+                Err(error) => {
+                    crate::metrics::METRICS.event_dropped(error.reason());
+                    None
+                }
+            })
+            .collect();
+        let trimmed = max_deleted
+            .filter(|deleted| *deleted > from.boundary())
+            .and(oldest_kept.or(max_deleted));
         Self {
-            events: Vec::new(),
-            truncated: None,
-            replayed_through: None,
-        }
-    }
-}
-
-/// One snapshot of several orgs' history, before the start is checked.
-#[derive(Debug, Default)]
-struct Snapshot {
-    events: Vec<Arc<Event>>,
-    /// Set when events after the start were trimmed: the oldest id still kept.
-    trimmed: Option<EventId>,
-    /// The oldest id kept across the orgs.
-    oldest_kept: Option<EventId>,
-    /// The newest id in the snapshot, replayed or not.
-    high_water: Option<EventId>,
-    /// The newest id this history ever issued (any org).
-    last_issued: Option<EventId>,
-}
-
-impl Snapshot {
-    /// The replay of this snapshot taken from `from`, or `None` when `from` is an id this
-    /// history never issued (the caller then replays from the oldest kept event).
-    fn into_replay(self, from: ReplayFrom) -> Option<Replay> {
-        if let ReplayFrom::After(after) = from {
-            if self.last_issued.is_none_or(|last| after > last) {
-                return None;
-            }
-        }
-        let replayed_through = match from {
-            ReplayFrom::After(after) => self.high_water.max(Some(after)),
-            ReplayFrom::Since(_) => self.high_water,
-        };
-        Some(Replay {
-            events: self.events,
-            truncated: self.trimmed.map(|oldest| Truncation {
-                oldest_id: Some(oldest),
-                reason: TruncationReason::Trimmed,
-            }),
-            replayed_through,
-        })
-    }
-
-    /// The replay of a snapshot taken from the oldest kept event, for a start that was unknown.
-    fn into_reset_replay(self) -> Replay {
-        Replay {
-            truncated: Some(Truncation {
-                oldest_id: self.oldest_kept,
-                reason: TruncationReason::Reset,
-            }),
-            replayed_through: self.high_water,
-            events: self.events,
+            org,
+            events,
+            read_through,
+            trimmed,
+            oldest_kept,
+            exhausted,
         }
     }
 }
@@ -202,23 +197,12 @@ impl Broker {
         }
     }
 
-    /// The durable events of `orgs` from `from` on, as one consistent snapshot. A start id
-    /// that this history never issued is an unknown position, never a reason for silence: the
-    /// replay then starts from the oldest kept event, after a `Reset` truncation.
-    pub async fn replay(&self, orgs: &[OrgId], from: ReplayFrom) -> Result<Replay, BrokerError> {
-        if let Some(replay) = self.snapshot(orgs, from).await?.into_replay(from) {
-            return Ok(replay);
-        }
-        Ok(self
-            .snapshot(orgs, ReplayFrom::Since(0))
-            .await?
-            .into_reset_replay())
-    }
-
-    async fn snapshot(&self, orgs: &[OrgId], from: ReplayFrom) -> Result<Snapshot, BrokerError> {
+    /// One page of the orgs' history, at most `count_per_org` events each, every org from its
+    /// own cursor. Each call does bounded work in Redis, whatever the history's size.
+    pub async fn read_page(&self, cursors: &[OrgCursor], count_per_org: usize) -> Result<Page, BrokerError> {
         match self {
-            Self::Redis(redis) => redis.snapshot(orgs, from).await,
-            Self::Embedded(embedded) => Ok(embedded.snapshot(orgs, from)),
+            Self::Redis(redis) => redis.read_page(cursors, count_per_org).await,
+            Self::Embedded(embedded) => Ok(embedded.read_page(cursors, count_per_org)),
         }
     }
 
@@ -250,13 +234,6 @@ impl Broker {
             Self::Embedded(embedded) => Ok(embedded.load_ack(user)),
         }
     }
-}
-
-/// Merges per-org replays (each oldest first) into one list ordered by id.
-fn merge_by_id(per_org: Vec<Vec<Arc<Event>>>) -> Vec<Arc<Event>> {
-    let mut events: Vec<Arc<Event>> = per_org.into_iter().flatten().collect();
-    events.sort_by_key(|event| event.id);
-    events
 }
 
 #[cfg(test)]

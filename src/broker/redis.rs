@@ -13,7 +13,7 @@ use redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::subscriptions::{parse_channel, ChannelKind, Subscriptions};
-use super::{merge_by_id, BrokerError, Lease, PublishItem, ReplayFrom, Snapshot};
+use super::{BrokerError, Lease, OrgCursor, OrgPage, Page, PublishItem, ReplayFrom};
 use crate::clock::unix_millis;
 use crate::event::{EnvelopeError, Event, EventId, OrgId};
 use crate::hub::Hub;
@@ -26,6 +26,8 @@ const FUNCTIONS_TEMPLATE: &str = include_str!("functions.lua");
 /// How often readiness is probed (and the Functions reloaded if Redis lost them).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events read per call when filling the gap an outage left.
+const GAP_FILL_PAGE: usize = 256;
 /// The publish Function's id counter (see functions.lua).
 const LAST_ID_KEY: &str = "events:last-id";
 
@@ -58,7 +60,6 @@ struct History {
     /// Replicas whose libraries differ replace each other's; say so now and then.
     replaced_log: Arc<RateLimitedLog>,
     max_event_bytes: usize,
-    max_events_per_org: usize,
     ack_ttl_secs: u64,
 }
 
@@ -157,7 +158,6 @@ impl RedisBroker {
             version: version.into(),
             replaced_log: Arc::new(RateLimitedLog::new(Duration::from_secs(60))),
             max_event_bytes: settings.limits.max_event_bytes,
-            max_events_per_org: settings.history.max_events_per_org,
             ack_ttl_secs: settings.history.retention_secs,
         };
         let ready = Arc::new(AtomicBool::new(false));
@@ -260,8 +260,8 @@ impl RedisBroker {
             .collect()
     }
 
-    pub(super) async fn snapshot(&self, orgs: &[OrgId], from: ReplayFrom) -> Result<Snapshot, BrokerError> {
-        self.history.snapshot(orgs, from).await
+    pub(super) async fn read_page(&self, cursors: &[OrgCursor], count: usize) -> Result<Page, BrokerError> {
+        self.history.read_page(cursors, count).await
     }
 
     /// The newest id the publish Function has handed out, if any.
@@ -296,10 +296,10 @@ fn ack_key(user: &str) -> String {
     format!("events:ack:{user}")
 }
 
-/// One org's part of a replay snapshot: org, max deleted id, oldest kept id, entries.
+/// One org's part of a page: org, max deleted id, oldest kept id, entries.
 type OrgSnapshot = (String, String, String, Vec<(String, Vec<Vec<u8>>)>);
-/// What `event_gateway_replay` answers: the newest id issued, then one part per org.
-type SnapshotReply = (String, Vec<OrgSnapshot>);
+/// What `event_gateway_page` answers: the newest id issued, then one part per org.
+type PageReply = (String, Vec<OrgSnapshot>);
 
 impl History {
     async fn load_functions(&self, connection: &mut deadpool_redis::Connection) -> Result<(), BrokerError> {
@@ -349,22 +349,18 @@ impl History {
         Ok(())
     }
 
-    async fn snapshot(&self, orgs: &[OrgId], from: ReplayFrom) -> Result<Snapshot, BrokerError> {
-        let start = match from {
-            ReplayFrom::After(id) => format!("({id}"),
-            ReplayFrom::Since(millis) => format!("{millis}-0"),
-        };
+    async fn read_page(&self, cursors: &[OrgCursor], count: usize) -> Result<Page, BrokerError> {
         let mut connection = self.pool.get().await.map_err(unavailable)?;
         let mut command = redis::cmd("FCALL_RO");
-        command
-            .arg("event_gateway_replay")
-            .arg(0)
-            .arg(&start)
-            .arg(self.max_events_per_org);
-        for org in orgs {
-            command.arg(org.as_str());
+        command.arg("event_gateway_page").arg(0).arg(count);
+        for cursor in cursors {
+            let start = match cursor.from {
+                ReplayFrom::After(id) => format!("({id}"),
+                ReplayFrom::Since(millis) => format!("{millis}-0"),
+            };
+            command.arg(cursor.org.as_str()).arg(start);
         }
-        let (last_issued, per_org_reply): SnapshotReply = match command.query_async(&mut *connection).await {
+        let (last_issued, per_org_reply): PageReply = match command.query_async(&mut *connection).await {
             Ok(reply) => reply,
             Err(error) if is_missing_function(&error) => {
                 self.load_functions(&mut connection).await?;
@@ -375,37 +371,35 @@ impl History {
             }
             Err(error) => return Err(command_error(error)),
         };
-        let mut snapshot = Snapshot {
-            last_issued: last_issued.parse().ok().filter(|id| *id != EventId::first_at(0)),
-            ..Snapshot::default()
-        };
-        let mut per_org = Vec::with_capacity(per_org_reply.len());
-        for (org, max_deleted, oldest, entries) in per_org_reply {
-            let Ok(org) = OrgId::parse(&org) else { continue };
-            let max_deleted: Option<EventId> = max_deleted.parse().ok();
-            let oldest: Option<EventId> = oldest.parse().ok();
-            if let Some(oldest) = oldest {
-                snapshot.oldest_kept = Some(snapshot.oldest_kept.map_or(oldest, |o| o.min(oldest)));
-            }
-            if max_deleted.is_some_and(|deleted| deleted > from.boundary()) {
-                if let Some(oldest) = oldest.or(max_deleted) {
-                    snapshot.trimmed = Some(snapshot.trimmed.map_or(oldest, |t| t.min(oldest)));
-                }
-            }
-            let mut events = Vec::with_capacity(entries.len());
-            for (id, fields) in entries {
-                let Ok(id) = id.parse::<EventId>() else { continue };
-                snapshot.high_water = snapshot.high_water.max(Some(id));
-                let Some(envelope) = fields.get(1) else { continue };
-                match Event::decode_stored(&org, Some(id), envelope, self.max_event_bytes) {
-                    Ok(event) => events.push(Arc::new(event)),
-                    Err(error) => METRICS.event_dropped(error.reason()),
-                }
-            }
-            per_org.push(events);
+        let mut orgs = Vec::with_capacity(cursors.len());
+        for (cursor, (_, max_deleted, oldest, entries)) in cursors.iter().zip(per_org_reply) {
+            let entries = entries
+                .into_iter()
+                .filter_map(|(id, fields)| {
+                    let id = id.parse::<EventId>().ok()?;
+                    let decoded = match fields.get(1) {
+                        Some(envelope) => {
+                            Event::decode_stored(&cursor.org, Some(id), envelope, self.max_event_bytes)
+                                .map(Arc::new)
+                        }
+                        None => Err(EnvelopeError::MissingData),
+                    };
+                    Some((id, decoded))
+                })
+                .collect();
+            orgs.push(OrgPage::new(
+                cursor.org.clone(),
+                cursor.from,
+                entries,
+                count,
+                max_deleted.parse().ok(),
+                oldest.parse().ok(),
+            ));
         }
-        snapshot.events = merge_by_id(per_org);
-        Ok(snapshot)
+        Ok(Page {
+            orgs,
+            last_issued: last_issued.parse().ok().filter(|id| *id != EventId::first_at(0)),
+        })
     }
 }
 
@@ -477,18 +471,38 @@ impl Dispatcher {
         let Some(from) = self.refill.remove(&org) else {
             return;
         };
-        match self.history.snapshot(std::slice::from_ref(&org), from).await {
-            Ok(snapshot) => {
-                let filled = snapshot.events.len();
-                for event in snapshot.events {
-                    self.dispatch(event);
+        // Page by page: a long outage's gap is still read with bounded calls.
+        let mut cursor = OrgCursor {
+            org: org.clone(),
+            from,
+        };
+        let mut filled = 0;
+        loop {
+            match self
+                .history
+                .read_page(std::slice::from_ref(&cursor), GAP_FILL_PAGE)
+                .await
+            {
+                Ok(page) => {
+                    let Some(org_page) = page.orgs.into_iter().next() else {
+                        break;
+                    };
+                    filled += org_page.events.len();
+                    for event in org_page.events {
+                        self.dispatch(event);
+                    }
+                    match org_page.read_through {
+                        Some(last) if !org_page.exhausted => cursor.from = ReplayFrom::After(last),
+                        _ => break,
+                    }
                 }
-                tracing::info!(org = %org, filled, "Resubscribed after a lost connection; filled the gap from history.");
-            }
-            Err(error) => {
-                tracing::warn!(org = %org, %error, "Could not fill the gap from history after reconnecting.");
+                Err(error) => {
+                    tracing::warn!(org = %org, %error, "Could not fill the gap from history after reconnecting.");
+                    return;
+                }
             }
         }
+        tracing::info!(org = %org, filled, "Resubscribed after a lost connection; filled the gap from history.");
     }
 
     fn on_message(&mut self, data: &[Value]) {

@@ -5,13 +5,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::{read_body, AppState};
-use crate::broker::{Replay, ReplayFrom};
 use crate::clock::unix_secs;
 use crate::error::ApiError;
 use crate::event::EventId;
 use crate::hub::Shard;
 use crate::policy::TypeFilter;
-use crate::sse::{opening_frames, ConnectedInfo, EventStream};
+use crate::session::{OpenRequest, Start};
+use crate::sse::{EventStream, SseFraming};
 
 /// Largest accepted acknowledgement body.
 const ACK_BODY_LIMIT: usize = 4096;
@@ -84,13 +84,8 @@ impl EventsQuery {
     }
 }
 
-/// Where the stream's replay starts: `Last-Event-ID` header, then `lastEventId`, then `since`.
-async fn replay_start(
-    request: &HttpRequest,
-    query: &EventsQuery,
-    state: &AppState,
-    user: &str,
-) -> Result<Option<ReplayFrom>, ApiError> {
+/// Where the stream starts: `Last-Event-ID` header, then `lastEventId`, then `since`.
+fn start_of(request: &HttpRequest, query: &EventsQuery) -> Result<Option<Start>, ApiError> {
     let header_id = match request.headers().get("last-event-id") {
         Some(value) => {
             let raw = value.to_str().map_err(|_| {
@@ -105,13 +100,12 @@ async fn replay_start(
         None => None,
     };
     if let Some(id) = header_id.or(query.last_event_id) {
-        return Ok(Some(ReplayFrom::After(id)));
+        return Ok(Some(Start::After(id)));
     }
-    Ok(match query.since {
-        Some(Since::Millis(millis)) => Some(ReplayFrom::Since(millis)),
-        Some(Since::Ack) => state.broker.load_ack(user).await?.map(ReplayFrom::After),
-        None => None,
-    })
+    Ok(query.since.as_ref().map(|since| match since {
+        Since::Millis(millis) => Start::Since(*millis),
+        Since::Ack => Start::Ack,
+    }))
 }
 
 /// The client's IP for rate limiting: the peer, or the forwarded client when configured.
@@ -135,10 +129,9 @@ pub async fn stream(
         return Err(ApiError::Draining);
     }
     let limits = &state.settings.limits;
-    let now = unix_secs();
     if !state
         .ip_rate
-        .allow(&client_ip(&request, limits.trust_forwarded_for), now)
+        .allow(&client_ip(&request, limits.trust_forwarded_for), unix_secs())
     {
         return Err(ApiError::RateLimited(format!(
             "more than {} new streams per second from this address",
@@ -147,76 +140,21 @@ pub async fn stream(
     }
     let claims = state.authenticate(&request)?;
     let query = EventsQuery::parse(request.query_string())?;
-    let viewer = state.policy.viewer(&claims, query.types.clone())?;
-    // Taken before anything is awaited, so concurrent connects cannot overshoot the limit.
-    let slot = state.stream_slots.try_take().ok_or(ApiError::ServerFull)?;
-    let from = replay_start(&request, &query, &state, &claims.sub).await?;
-    if !state.broker.is_ready() {
-        return Err(ApiError::NotReady("Redis is unreachable".into()));
-    }
-    if !state.user_rate.allow(&claims.sub, now) {
-        return Err(ApiError::RateLimited(format!(
-            "more than {} new streams per second for this user",
-            limits.connect_rate_per_user
-        )));
-    }
-    let permit = state
-        .registry
-        .admit(&claims.sub, limits.max_connections_per_user)
-        .await?
-        .ok_or(ApiError::TooManyConnections(limits.max_connections_per_user))?;
-
-    // Register first, then subscribe: whatever reaches this replica from the moment Redis
-    // confirms the subscription is already queued for this connection.
-    let subscriber = shard.register(viewer, &claims.role, claims.exp, now);
-    let opened = async {
-        let lease = state.broker.subscribe(&claims.orgs).await?;
-        let replay = match from {
-            Some(from) => state.broker.replay(&claims.orgs, from).await?,
-            None => Replay::none(),
-        };
-        Ok::<_, ApiError>((lease, replay))
-    }
-    .await;
-    let (lease, replay) = match opened {
-        Ok(opened) => opened,
-        Err(error) => {
-            shard.unregister(&subscriber);
-            return Err(error);
-        }
+    let open = OpenRequest {
+        start: start_of(&request, &query)?,
+        types: query.types,
     };
-    let replayed_through = replay.replayed_through;
-    let settings = &state.settings;
-    let connected = ConnectedInfo {
-        connection_id: format!("{:016x}", subscriber.id),
-        user_id: &claims.sub,
-        role: &claims.role,
-        orgs: claims.orgs.iter().map(|org| org.as_str()).collect(),
-        replica: &settings.server.replica_name,
-        keepalive_secs: settings.sse.keepalive_secs,
+    let shard = shard.into_inner();
+    let framing = SseFraming {
+        retry_ms: state.settings.sse.retry_ms,
     };
-    let opening = opening_frames(settings.sse.retry_ms, &connected, &replay, &subscriber);
-    tracing::debug!(
-        conn = %connected.connection_id,
-        user = %claims.sub,
-        role = %claims.role,
-        orgs = claims.orgs.len(),
-        replayed = replay.events.len(),
-        "Stream opened."
-    );
-    let body = EventStream::new(
-        opening,
-        subscriber,
-        shard.into_inner(),
-        replayed_through,
-        (lease, permit, slot),
-    );
+    let session = state.sessions.open(&claims, open, shard.clone(), framing).await?;
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
         .insert_header((header::CONTENT_ENCODING, "identity"))
-        .streaming(body))
+        .streaming(EventStream::new(session, shard)))
 }
 
 #[derive(Deserialize)]

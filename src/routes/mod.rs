@@ -21,9 +21,10 @@ use crate::auth::{extract_token, redact_query, Claims, JwtVerifier};
 use crate::broker::{Broker, Registry};
 use crate::error::ApiError;
 use crate::hub::Hub;
-use crate::limits::{RateLimiter, StreamSlots};
+use crate::limits::RateLimiter;
 use crate::metrics::METRICS;
 use crate::policy::Policy;
+use crate::session::Sessions;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 
@@ -34,11 +35,10 @@ pub struct AppState {
     pub policy: Policy,
     pub hub: Arc<Hub>,
     pub broker: Broker,
-    pub registry: Registry,
-    pub user_rate: RateLimiter,
+    pub registry: Arc<Registry>,
+    /// Opens streams (admission, registration, subscription, replay).
+    pub sessions: Sessions,
     pub ip_rate: RateLimiter,
-    /// `limits.max_connections`, taken when a stream is admitted.
-    pub stream_slots: StreamSlots,
     pub shutdown: Shutdown,
 }
 

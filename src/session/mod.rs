@@ -1,0 +1,405 @@
+//! Sessions: the one way to open a stream, whatever the transport. `Sessions::open` admits,
+//! registers, subscribes and resolves the start; the `Session` it returns owns every guard
+//! (released on drop) and yields the stream's chunks: the opening, the replay read page by page
+//! at the client's pace, then live events. A transport only frames and writes them (`Framing`).
+
+mod replay;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use self::replay::PagedReplay;
+use crate::auth::Claims;
+use crate::broker::{Broker, BrokerError, Lease, Page, Permit, Registry, ReplayFrom, Truncation};
+use crate::clock::unix_secs;
+use crate::event::{Event, EventId};
+use crate::hub::{Output, ReplayMarks, Shard, Subscriber};
+use crate::limits::{RateLimiter, StreamSlot, StreamSlots};
+use crate::policy::{Policy, PolicyError, TypeFilter};
+
+/// Most bytes of replayed events handed to the transport at once.
+const MAX_REPLAY_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Where a stream asks to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// After this event (`Last-Event-ID`, `lastEventId`).
+    After(EventId),
+    /// From this time, in milliseconds since the epoch (`since=`).
+    Since(u64),
+    /// From the user's acknowledged cursor (`since=ack`); live only when there is none.
+    Ack,
+}
+
+/// What a client asks for when it opens a stream.
+#[derive(Debug, Default)]
+pub struct OpenRequest {
+    pub types: Option<TypeFilter>,
+    pub start: Option<Start>,
+}
+
+/// Why a stream is not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Forbidden(#[from] PolicyError),
+    #[error("this replica has reached its connection limit")]
+    ServerFull,
+    #[error("the broker is not ready")]
+    NotReady,
+    #[error("more than {0} new streams per second for this user")]
+    UserRateLimited(u32),
+    #[error("this user already has the maximum of {0} open streams")]
+    TooManyConnections(usize),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// What the `connected` event tells the client.
+#[derive(Debug, Clone)]
+pub struct Connected {
+    pub connection_id: String,
+    pub user_id: String,
+    pub role: String,
+    pub orgs: Vec<String>,
+    pub replica: String,
+    pub keepalive_secs: u64,
+}
+
+/// How a transport writes what a session says. Live events come from the hub already
+/// encoded once per replica (the SSE frame shared by every recipient).
+pub trait Framing: Unpin + 'static {
+    /// The first bytes of a stream, once it is subscribed to every org of its token.
+    fn opening(&self, connected: &Connected) -> Bytes;
+    /// Told before a replay that cannot give everything after the start.
+    fn truncated(&self, truncation: &Truncation) -> Bytes;
+    /// A replayed event.
+    fn replayed<'a>(&self, event: &'a Event) -> &'a Bytes;
+}
+
+/// The limits and settings sessions are opened with.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub replica_name: String,
+    pub keepalive_secs: u64,
+    pub max_connections_per_user: usize,
+    pub connect_rate_per_user: u32,
+    /// Events one replay page holds, across the orgs it reads.
+    pub replay_page_events: usize,
+}
+
+/// Opens sessions; one per replica, shared by every worker.
+pub struct Sessions {
+    policy: Policy,
+    broker: Broker,
+    registry: Arc<Registry>,
+    stream_slots: StreamSlots,
+    user_rate: RateLimiter,
+    /// `history.max_concurrent_replays`: a replay waits for a permit (its stream already open).
+    replays: Arc<Semaphore>,
+    settings: SessionSettings,
+}
+
+impl Sessions {
+    pub fn new(
+        policy: Policy,
+        broker: Broker,
+        registry: Arc<Registry>,
+        stream_slots: StreamSlots,
+        max_concurrent_replays: usize,
+        settings: SessionSettings,
+    ) -> Self {
+        Self {
+            policy,
+            broker,
+            registry,
+            user_rate: RateLimiter::new(settings.connect_rate_per_user),
+            stream_slots,
+            replays: Arc::new(Semaphore::new(max_concurrent_replays.max(1))),
+            settings,
+        }
+    }
+
+    /// Opens a stream for `claims` on this worker's `shard`. Once this returns, every event of
+    /// the token's orgs that this replica receives reaches the session (queued, or read by its
+    /// replay), so nothing published after the opening is sent can be missed.
+    pub async fn open<F: Framing>(
+        &self,
+        claims: &Claims,
+        request: OpenRequest,
+        shard: Arc<Shard>,
+        framing: F,
+    ) -> Result<Session<F>, SessionError> {
+        let viewer = self.policy.viewer(claims, request.types)?;
+        // Taken before anything is awaited, so concurrent opens cannot overshoot the limit.
+        let slot = self.stream_slots.try_take().ok_or(SessionError::ServerFull)?;
+        if !self.broker.is_ready() {
+            return Err(SessionError::NotReady);
+        }
+        let now = unix_secs();
+        if !self.user_rate.allow(&claims.sub, now) {
+            return Err(SessionError::UserRateLimited(self.settings.connect_rate_per_user));
+        }
+        let from = match request.start {
+            Some(Start::After(id)) => Some(ReplayFrom::After(id)),
+            Some(Start::Since(millis)) => Some(ReplayFrom::Since(millis)),
+            Some(Start::Ack) => self.broker.load_ack(&claims.sub).await?.map(ReplayFrom::After),
+            None => None,
+        };
+        let max_per_user = self.settings.max_connections_per_user;
+        let permit = self
+            .registry
+            .admit(&claims.sub, max_per_user)
+            .await?
+            .ok_or(SessionError::TooManyConnections(max_per_user))?;
+        // Registered before subscribing: whatever reaches this replica from the moment Redis
+        // confirms the subscription is queued for this stream (or, while it replays, read from
+        // history).
+        let subscriber = shard.register(viewer, &claims.role, claims.exp, now, from.is_some());
+        let registration = Registration {
+            shard,
+            subscriber: subscriber.clone(),
+        };
+        let lease = self.broker.subscribe(&claims.orgs).await?;
+        let connected = Connected {
+            connection_id: format!("{:016x}", subscriber.id),
+            user_id: claims.sub.clone(),
+            role: claims.role.clone(),
+            orgs: claims.orgs.iter().map(|org| org.to_string()).collect(),
+            replica: self.settings.replica_name.clone(),
+            keepalive_secs: self.settings.keepalive_secs,
+        };
+        let replay = from.map(|from| ReplayDriver {
+            paged: PagedReplay::new(&claims.orgs, from, self.settings.replay_page_events),
+            broker: self.broker.clone(),
+            permits: self.replays.clone(),
+            permit: None,
+            acquiring: None,
+            fetching: None,
+            reading_tail: false,
+        });
+        tracing::debug!(
+            conn = %connected.connection_id,
+            user = %claims.sub,
+            role = %claims.role,
+            orgs = claims.orgs.len(),
+            replay = replay.is_some(),
+            "Stream opened."
+        );
+        Ok(Session {
+            opening: Some(framing.opening(&connected)),
+            connected,
+            framing,
+            subscriber,
+            replay,
+            marks: ReplayMarks::default(),
+            _held: Held {
+                registration,
+                _lease: lease,
+                _permit: permit,
+                _slot: slot,
+            },
+        })
+    }
+}
+
+/// A stream's place in its worker's shard; dropping it unregisters the stream.
+struct Registration {
+    shard: Arc<Shard>,
+    subscriber: Arc<Subscriber>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shard.unregister(&self.subscriber);
+        tracing::debug!(conn = self.subscriber.id, "Stream closed.");
+    }
+}
+
+/// Everything a stream holds while it lives.
+struct Held {
+    registration: Registration,
+    /// This replica stays subscribed to the stream's orgs.
+    _lease: Lease,
+    /// The stream counts against its user's limit across replicas.
+    _permit: Permit,
+    /// The stream counts against the replica's limit.
+    _slot: StreamSlot,
+}
+
+/// One open stream.
+pub struct Session<F: Framing> {
+    connected: Connected,
+    framing: F,
+    opening: Option<Bytes>,
+    subscriber: Arc<Subscriber>,
+    /// The replay still to send, if the stream started with one.
+    replay: Option<ReplayDriver>,
+    /// Per org, what the replay covered: queued live copies up to it are skipped.
+    marks: ReplayMarks,
+    _held: Held,
+}
+
+/// What the session has for its transport now.
+pub enum Chunk {
+    /// Bytes to write.
+    Bytes(Bytes),
+    /// Bytes to write holding this many live events, the oldest received at that instant
+    /// (for the delivery metrics).
+    Live {
+        bytes: Bytes,
+        events: u64,
+        oldest: Option<std::time::Instant>,
+    },
+}
+
+impl<F: Framing> Session<F> {
+    pub fn connected(&self) -> &Connected {
+        &self.connected
+    }
+
+    /// The next chunk to write, `Pending` (the waker is called when there is one), or `None`
+    /// when the stream is over.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
+        if let Some(opening) = self.opening.take() {
+            return Poll::Ready(Some(Chunk::Bytes(opening)));
+        }
+        if let Some(replay) = &mut self.replay {
+            // A stream being drained, expired or cut stops replaying and ends as live ones do.
+            let step = if self.subscriber.is_closing() {
+                ReplayStep::Done
+            } else {
+                replay.poll(cx, &self.subscriber, &self.framing)
+            };
+            match step {
+                ReplayStep::Chunk(bytes) => return Poll::Ready(Some(Chunk::Bytes(bytes))),
+                ReplayStep::Pending => return Poll::Pending,
+                ReplayStep::Failed => return Poll::Ready(None),
+                ReplayStep::Done => {
+                    self.subscriber.stop_replaying();
+                    self.marks = replay.paged.marks().clone();
+                    self.replay = None;
+                }
+            }
+        }
+        match self.subscriber.take(cx.waker(), &self.marks, unix_secs()) {
+            Output::Frames {
+                bytes,
+                events,
+                oldest,
+            } => Poll::Ready(Some(Chunk::Live {
+                bytes,
+                events,
+                oldest,
+            })),
+            Output::Pending => Poll::Pending,
+            Output::Ended => Poll::Ready(None),
+        }
+    }
+
+    pub fn subscriber_id(&self) -> u64 {
+        self._held.registration.subscriber.id
+    }
+}
+
+type PageFuture = Pin<Box<dyn Future<Output = Result<Page, BrokerError>>>>;
+type PermitFuture = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>>>>;
+
+/// Drives a `PagedReplay`: takes a replay permit, reads pages when the client has taken what
+/// was read, and switches the stream to queueing durable events before reading the tail.
+struct ReplayDriver {
+    paged: PagedReplay,
+    broker: Broker,
+    permits: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+    acquiring: Option<PermitFuture>,
+    fetching: Option<PageFuture>,
+    /// The stream queues durable events again; what remains is the tail read.
+    reading_tail: bool,
+}
+
+enum ReplayStep {
+    Chunk(Bytes),
+    Pending,
+    /// Caught up with history: live from here.
+    Done,
+    /// History could not be read: the stream ends and the client resumes from its last id.
+    Failed,
+}
+
+impl ReplayDriver {
+    fn poll<F: Framing>(&mut self, cx: &mut Context<'_>, subscriber: &Subscriber, framing: &F) -> ReplayStep {
+        if self.permit.is_none() {
+            let permits = self.permits.clone();
+            let acquiring = self
+                .acquiring
+                .get_or_insert_with(|| Box::pin(async move { permits.acquire_owned().await.ok() }));
+            match acquiring.as_mut().poll(cx) {
+                Poll::Pending => return ReplayStep::Pending,
+                Poll::Ready(None) => return ReplayStep::Failed,
+                Poll::Ready(Some(permit)) => {
+                    self.permit = Some(permit);
+                    self.acquiring = None;
+                }
+            }
+        }
+        let mut out = BytesMut::new();
+        loop {
+            if let Some(fetching) = &mut self.fetching {
+                match fetching.as_mut().poll(cx) {
+                    Poll::Pending if out.is_empty() => return ReplayStep::Pending,
+                    Poll::Pending => return ReplayStep::Chunk(out.freeze()),
+                    Poll::Ready(Err(error)) => {
+                        tracing::warn!(conn = subscriber.id, %error, "Could not read history for a replay; closing the stream.");
+                        return ReplayStep::Failed;
+                    }
+                    Poll::Ready(Ok(page)) => {
+                        self.fetching = None;
+                        if let Some(truncation) = self.paged.absorb(page) {
+                            out.extend_from_slice(&framing.truncated(&truncation));
+                        }
+                    }
+                }
+            }
+            while out.len() < MAX_REPLAY_CHUNK_BYTES {
+                let Some(event) = self.paged.next_ready() else {
+                    break;
+                };
+                if subscriber.may_see(&event) {
+                    out.extend_from_slice(framing.replayed(&event));
+                }
+            }
+            if out.len() >= MAX_REPLAY_CHUNK_BYTES {
+                // The next page is read when the client has taken this chunk.
+                return ReplayStep::Chunk(out.freeze());
+            }
+            if self.paged.is_caught_up() {
+                if self.reading_tail {
+                    return if out.is_empty() {
+                        ReplayStep::Done
+                    } else {
+                        ReplayStep::Chunk(out.freeze())
+                    };
+                }
+                // Durable events are queued from now on; one more read of every org catches
+                // what was published before this instant but after its last page.
+                subscriber.stop_replaying();
+                self.paged.read_tail();
+                self.reading_tail = true;
+            }
+            let (cursors, per_org) = self.paged.wanted();
+            if cursors.is_empty() {
+                // Not caught up, yet nothing to read: only events the merge holds back, which
+                // the next poll sends.
+                return ReplayStep::Chunk(out.freeze());
+            }
+            let broker = self.broker.clone();
+            self.fetching = Some(Box::pin(async move { broker.read_page(&cursors, per_org).await }));
+        }
+    }
+}
