@@ -89,8 +89,10 @@ pub struct SessionSettings {
     pub keepalive_secs: u64,
     pub max_connections_per_user: usize,
     pub connect_rate_per_user: u32,
-    /// Events one replay page holds, across the orgs it reads.
+    /// Most events one replay page holds, across the orgs it reads.
     pub replay_page_events: usize,
+    /// Bytes one replay page aims at (its event count follows the events' size).
+    pub replay_page_bytes: usize,
 }
 
 /// Opens sessions; one per replica, shared by every worker.
@@ -175,7 +177,12 @@ impl Sessions {
             keepalive_secs: self.settings.keepalive_secs,
         };
         let replay = from.map(|from| ReplayDriver {
-            paged: PagedReplay::new(&claims.orgs, from, self.settings.replay_page_events),
+            paged: PagedReplay::new(
+                &claims.orgs,
+                from,
+                self.settings.replay_page_events,
+                self.settings.replay_page_bytes,
+            ),
             broker: self.broker.clone(),
             permits: self.replays.clone(),
             permit: None,
@@ -307,7 +314,9 @@ impl<F: Framing> Session<F> {
     }
 }
 
-type PageFuture = Pin<Box<dyn Future<Output = Result<Page, BrokerError>>>>;
+/// A page being read by a task of its own: the read completes at Redis's pace whether or not
+/// the client reads, and only the next page waits for the client.
+type PageFuture = tokio::task::JoinHandle<Result<Page, BrokerError>>;
 type PermitFuture = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>>>>;
 
 /// Drives a `PagedReplay`: takes a replay permit, reads pages when the client has taken what
@@ -351,14 +360,18 @@ impl ReplayDriver {
         let mut out = BytesMut::new();
         loop {
             if let Some(fetching) = &mut self.fetching {
-                match fetching.as_mut().poll(cx) {
+                match Pin::new(fetching).poll(cx) {
                     Poll::Pending if out.is_empty() => return ReplayStep::Pending,
                     Poll::Pending => return ReplayStep::Chunk(out.freeze()),
                     Poll::Ready(Err(error)) => {
+                        tracing::error!(conn = subscriber.id, %error, "A replay's history read failed; closing the stream.");
+                        return ReplayStep::Failed;
+                    }
+                    Poll::Ready(Ok(Err(error))) => {
                         tracing::warn!(conn = subscriber.id, %error, "Could not read history for a replay; closing the stream.");
                         return ReplayStep::Failed;
                     }
-                    Poll::Ready(Ok(page)) => {
+                    Poll::Ready(Ok(Ok(page))) => {
                         self.fetching = None;
                         if let Some(truncation) = self.paged.absorb(page) {
                             out.extend_from_slice(&framing.truncated(&truncation));
@@ -399,7 +412,9 @@ impl ReplayDriver {
                 return ReplayStep::Chunk(out.freeze());
             }
             let broker = self.broker.clone();
-            self.fetching = Some(Box::pin(async move { broker.read_page(&cursors, per_org).await }));
+            self.fetching = Some(actix_web::rt::spawn(async move {
+                broker.read_page(&cursors, per_org).await
+            }));
         }
     }
 }

@@ -24,14 +24,20 @@ pub struct PagedReplay {
     start: ReplayFrom,
     /// Whether the first page (which checks the start) has been absorbed.
     started: bool,
-    /// Events one page may hold across the orgs it reads.
+    /// Events the next page may hold across the orgs it reads: sized so that a page holds
+    /// about `page_bytes` (each Redis call then does about the same, small, work whatever the
+    /// events' size), never more than `max_page_events`.
     page_events: usize,
+    max_page_events: usize,
+    page_bytes: usize,
     /// Per org, the newest id read: live copies up to it are duplicates.
     marks: ReplayMarks,
 }
 
 impl PagedReplay {
-    pub fn new(orgs: &[OrgId], start: ReplayFrom, page_events: usize) -> Self {
+    /// A replay of `orgs` from `start`, reading pages of about `page_bytes` and at most
+    /// `max_page_events` events.
+    pub fn new(orgs: &[OrgId], start: ReplayFrom, max_page_events: usize, page_bytes: usize) -> Self {
         let orgs: Vec<OrgReplay> = orgs
             .iter()
             .map(|org| OrgReplay {
@@ -53,7 +59,10 @@ impl PagedReplay {
             orgs,
             start,
             started: false,
-            page_events: page_events.max(1),
+            // The first page is small: it also checks the start.
+            page_events: max_page_events.clamp(1, 16),
+            max_page_events: max_page_events.max(1),
+            page_bytes: page_bytes.max(1),
             marks,
         }
     }
@@ -91,6 +100,14 @@ impl PagedReplay {
                     });
                 }
             }
+        }
+        let (events, bytes) = page
+            .orgs
+            .iter()
+            .flat_map(|org| &org.events)
+            .fold((0, 0), |(n, bytes), event| (n + 1, bytes + event.frame().len()));
+        if let Some(average) = bytes.checked_div(events) {
+            self.page_events = (self.page_bytes / average.max(1)).clamp(1, self.max_page_events);
         }
         let mut trimmed: Option<EventId> = None;
         for org_page in page.orgs {
@@ -204,7 +221,7 @@ mod tests {
 
     #[test]
     fn orgs_are_merged_in_id_order_and_wait_for_an_org_that_may_hold_older_events() {
-        let mut replay = PagedReplay::new(&[org("a"), org("b")], ReplayFrom::Since(0), 4);
+        let mut replay = PagedReplay::new(&[org("a"), org("b")], ReplayFrom::Since(0), 4, 1 << 20);
         let (cursors, per_org) = replay.wanted();
         assert_eq!((cursors.len(), per_org), (2, 2));
         replay.absorb(page(
@@ -231,7 +248,7 @@ mod tests {
 
     #[test]
     fn a_start_never_issued_restarts_every_org_from_the_oldest_kept_with_a_reset_notice() {
-        let mut replay = PagedReplay::new(&[org("a")], ReplayFrom::After(id(50)), 8);
+        let mut replay = PagedReplay::new(&[org("a")], ReplayFrom::After(id(50)), 8, 1 << 20);
         let notice = replay.absorb(page(vec![org_page("a", &[], true)], 9));
         assert_eq!(notice.map(|n| n.reason), Some(TruncationReason::Reset));
         let (cursors, _) = replay.wanted();
@@ -244,7 +261,7 @@ mod tests {
 
     #[test]
     fn the_marks_cover_what_was_read_per_org() {
-        let mut replay = PagedReplay::new(&[org("a"), org("b")], ReplayFrom::After(id(1)), 8);
+        let mut replay = PagedReplay::new(&[org("a"), org("b")], ReplayFrom::After(id(1)), 8, 1 << 20);
         replay.absorb(page(vec![org_page("a", &[3], true), org_page("b", &[], true)], 9));
         assert!(replay.marks().covers(&event("a", 3)));
         assert!(!replay.marks().covers(&event("a", 4)));
@@ -256,8 +273,22 @@ mod tests {
     }
 
     #[test]
+    fn pages_are_sized_to_the_byte_budget_by_the_events_seen() {
+        let mut replay = PagedReplay::new(&[org("a")], ReplayFrom::Since(0), 1000, 10 * 1024);
+        assert_eq!(replay.wanted().1, 16, "a small first page");
+        let frame_len = event("a", 1).frame().len();
+        replay.absorb(page(vec![org_page("a", &[1, 2, 3, 4], false)], 9));
+        assert!(
+            replay.wanted().0.is_empty(),
+            "buffered events are sent before the next read"
+        );
+        drain(&mut replay);
+        assert_eq!(replay.wanted().1, 10 * 1024 / frame_len);
+    }
+
+    #[test]
     fn reading_the_tail_asks_every_org_again() {
-        let mut replay = PagedReplay::new(&[org("a"), org("b")], ReplayFrom::Since(0), 8);
+        let mut replay = PagedReplay::new(&[org("a"), org("b")], ReplayFrom::Since(0), 8, 1 << 20);
         replay.absorb(page(
             vec![org_page("a", &[1], true), org_page("b", &[2], true)],
             9,

@@ -14,6 +14,7 @@ mod policy;
 mod priority;
 mod publish;
 mod redis_restart;
+mod replay;
 mod replicas;
 mod resilience;
 mod shutdown;

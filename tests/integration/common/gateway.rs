@@ -446,6 +446,29 @@ impl Gateway {
         .expect("Redis PUBLISH pipeline");
     }
 
+    /// Durable events published straight through the Redis Function in one pipeline (no HTTP),
+    /// `(org, envelope)` each; returns their ids in order.
+    pub async fn publish_durable_via_redis(&self, events: &[(String, String)]) -> Vec<String> {
+        let mut connection = self.redis().await;
+        let mut ids = Vec::with_capacity(events.len());
+        // Pipelines of a hundred, each well within the connection's response timeout.
+        for batch in events.chunks(100) {
+            let mut pipeline = redis::pipe();
+            for (org, envelope) in batch {
+                pipeline.add_command(super::http::fcall_publish(org, envelope));
+            }
+            let batch_ids: Vec<String> = within(
+                STEP_TIMEOUT,
+                "a pipeline of FCALL event_gateway_publish",
+                pipeline.query_async(&mut connection),
+            )
+            .await
+            .expect("FCALL event_gateway_publish pipeline");
+            ids.extend(batch_ids);
+        }
+        ids
+    }
+
     /// Any Redis command against the gateway's Redis (e.g. `FCALL`), returning Redis's answer.
     pub async fn redis_command(&self, command: &redis::Cmd) -> redis::RedisResult<redis::Value> {
         let mut connection = self.redis().await;
@@ -502,6 +525,19 @@ impl Gateway {
             }
         };
         tokio::time::timeout(limit, poll).await.is_ok()
+    }
+
+    /// The gateway process's resident memory, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.process.id().expect("the gateway process is still running");
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/PID/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kilobytes| kilobytes * 1024)
+            .expect("VmRSS in /proc/PID/status")
     }
 
     /// Sends SIGTERM to the gateway process.
