@@ -91,18 +91,24 @@ pub struct DeliveryStats {
 }
 
 impl DeliveryStats {
-    pub fn events_delivered(&self, count: u64) {
-        self.delivered.fetch_add(count, Ordering::Relaxed);
-    }
-
-    pub fn observe_fanout(&self, elapsed: Duration) {
+    /// Counts `events` written to a socket in one write whose oldest event this replica received
+    /// `elapsed` ago. `gateway_fanout_seconds` observes every event (each at the oldest's
+    /// latency, an upper bound for the others of the write), so its `_count` equals
+    /// `gateway_events_delivered_total`; one observation per write keeps it off the per-event
+    /// path.
+    pub fn observe_delivery(&self, events: u64, elapsed: Duration) {
+        if events == 0 {
+            return;
+        }
+        self.delivered.fetch_add(events, Ordering::Relaxed);
         let seconds = elapsed.as_secs_f64();
         if let Some(bucket) = FANOUT_BUCKETS.iter().position(|bound| seconds <= *bound) {
-            self.fanout_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+            self.fanout_buckets[bucket].fetch_add(events, Ordering::Relaxed);
         }
-        self.fanout_count.fetch_add(1, Ordering::Relaxed);
+        self.fanout_count.fetch_add(events, Ordering::Relaxed);
+        let nanos = elapsed.as_nanos().min(u128::from(u64::MAX)) as u64;
         self.fanout_sum_nanos
-            .fetch_add(elapsed.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+            .fetch_add(nanos.saturating_mul(events), Ordering::Relaxed);
     }
 }
 
@@ -324,9 +330,20 @@ mod tests {
     fn deliveries_of_every_worker_are_summed() {
         let (first, second) = (METRICS.delivery_stats(), METRICS.delivery_stats());
         let before = delivered_total();
-        first.events_delivered(2);
-        second.events_delivered(3);
+        first.observe_delivery(2, Duration::from_millis(1));
+        second.observe_delivery(3, Duration::from_millis(1));
         assert_eq!(delivered_total() - before, 5);
+    }
+
+    #[test]
+    fn the_fanout_histogram_observes_every_delivered_event() {
+        let stats = METRICS.delivery_stats();
+        stats.observe_delivery(7, Duration::from_millis(2));
+        stats.observe_delivery(1, Duration::from_millis(3));
+        stats.observe_delivery(0, Duration::from_millis(4));
+        assert_eq!(stats.delivered.load(Ordering::Relaxed), 8);
+        assert_eq!(stats.fanout_count.load(Ordering::Relaxed), 8);
+        assert_eq!(stats.fanout_sum_nanos.load(Ordering::Relaxed), 17_000_000);
     }
 
     #[test]

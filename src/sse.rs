@@ -96,12 +96,8 @@ impl Stream for EventStream {
                 events,
                 oldest,
             })) => {
-                let stats = this.shard.stats();
-                if events > 0 {
-                    stats.events_delivered(events);
-                }
                 if let Some(received_at) = oldest {
-                    stats.observe_fanout(received_at.elapsed());
+                    this.shard.stats().observe_delivery(events, received_at.elapsed());
                 }
                 Poll::Ready(Some(Ok(bytes)))
             }
