@@ -299,7 +299,7 @@ impl Envelope {
             org,
             routing,
             priority,
-            data: compact_json(data.get()),
+            data: compact_json(data.get())?,
         })
     }
 
@@ -401,30 +401,57 @@ impl Event {
     }
 }
 
-/// Removes the insignificant whitespace of a valid JSON text, so it fits on one `data:` line.
-/// JSON strings cannot hold raw line breaks, so what remains has none.
-pub fn compact_json(valid_json: &str) -> String {
-    let mut out = String::with_capacity(valid_json.len());
+/// Removes the insignificant whitespace of a valid JSON text, so it fits on one `data:` line
+/// (JSON strings cannot hold raw line breaks, so what remains has none). Refuses a `\u` escape
+/// that is half of a UTF-16 surrogate pair: strict JSON parsers (and so some clients) reject
+/// it, and the JSON syntax check the text passed does not look inside escapes.
+pub fn compact_json(valid_json: &str) -> Result<String, EnvelopeError> {
+    let lone_surrogate = || EnvelopeError::InvalidJson("data holds a lone UTF-16 surrogate escape".into());
+    let bytes = valid_json.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
     let mut in_string = false;
-    let mut escaped = false;
-    for c in valid_json.chars() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
+    // A high surrogate escape was just read: the next thing must be a low surrogate escape.
+    let mut expecting_low = false;
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        if !in_string {
+            if !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+                in_string = byte == b'"';
+                out.push(byte);
             }
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            if c == '"' {
-                in_string = true;
-            }
-            out.push(c);
+            at += 1;
+            continue;
         }
+        if byte == b'\\' {
+            let escape_len = if bytes.get(at + 1) == Some(&b'u') { 6 } else { 2 };
+            let escape = bytes.get(at..at + escape_len).ok_or_else(lone_surrogate)?;
+            let unit = (escape_len == 6)
+                .then(|| {
+                    std::str::from_utf8(&escape[2..])
+                        .ok()
+                        .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+                })
+                .flatten();
+            match unit {
+                Some(0xD800..=0xDBFF) if !expecting_low => expecting_low = true,
+                Some(0xDC00..=0xDFFF) if expecting_low => expecting_low = false,
+                Some(0xD800..=0xDFFF) => return Err(lone_surrogate()),
+                _ if expecting_low => return Err(lone_surrogate()),
+                _ => {}
+            }
+            out.extend_from_slice(escape);
+            at += escape_len;
+            continue;
+        }
+        if expecting_low {
+            return Err(lone_surrogate());
+        }
+        in_string = byte != b'"';
+        out.push(byte);
+        at += 1;
     }
-    out
+    // Only ASCII whitespace outside strings was removed, so the text is still UTF-8.
+    String::from_utf8(out).map_err(|error| EnvelopeError::InvalidJson(error.to_string()))
 }
 
 #[cfg(test)]
@@ -549,6 +576,28 @@ mod tests {
     }
 
     #[test]
+    fn data_with_a_lone_surrogate_escape_is_refused_and_pairs_are_kept() {
+        for lone in [
+            r#"{"":"\ud800"}"#,
+            r#"{"":"\udc00"}"#,
+            r#"{"":"\ud800\u0041"}"#,
+            r#"{"":"\ud800x"}"#,
+        ] {
+            let raw = format!(r#"{{"type":"a.b","data":{lone}}}"#);
+            assert_eq!(
+                Envelope::parse(raw.as_bytes(), LIMIT)
+                    .map(|e| e.data)
+                    .map_err(|e| e.reason()),
+                Err("invalid_json"),
+                "{lone}"
+            );
+        }
+        let paired = r#"{"type":"a.b","data":{"smile":"\ud83d\ude00","q":"\"\\"}}"#;
+        let envelope = Envelope::parse(paired.as_bytes(), LIMIT).expect("a surrogate pair is valid");
+        assert_eq!(envelope.data, r#"{"smile":"\ud83d\ude00","q":"\"\\"}"#);
+    }
+
+    #[test]
     fn frame_carries_id_type_and_data() {
         let envelope =
             Envelope::parse(br#"{"type":"ticket.created","data":{"id":"t1"}}"#, LIMIT).expect("valid");
@@ -654,7 +703,7 @@ mod properties {
         #[test]
         fn compacting_pretty_json_gives_the_compact_serialization(value in json_value()) {
             let pretty = serde_json::to_string_pretty(&value).expect("serializes");
-            prop_assert_eq!(compact_json(&pretty), value.to_string());
+            prop_assert_eq!(compact_json(&pretty), Ok(value.to_string()));
         }
 
         #[test]

@@ -35,11 +35,23 @@ pub fn check_frame(event: &Event, event_type: &str, data: &str) {
     assert_eq!(blocks[1], "", "text after the event block: {text:?}");
     let mut lines = blocks[0].split('\n');
     if let Some(id) = event.id {
-        assert_eq!(lines.next(), Some(format!("id: {id}").as_str()), "id line: {text:?}");
+        assert_eq!(
+            lines.next(),
+            Some(format!("id: {id}").as_str()),
+            "id line: {text:?}"
+        );
     }
-    assert_eq!(lines.next(), Some(format!("event: {event_type}").as_str()), "event line: {text:?}");
+    assert_eq!(
+        lines.next(),
+        Some(format!("event: {event_type}").as_str()),
+        "event line: {text:?}"
+    );
     let data_line = lines.next().expect("data line");
-    assert_eq!(data_line.strip_prefix("data: "), Some(data), "data line: {text:?}");
+    assert_eq!(
+        data_line.strip_prefix("data: "),
+        Some(data),
+        "data line: {text:?}"
+    );
     assert_eq!(lines.next(), None, "extra line in frame: {text:?}");
     let without_id = event.frame_without_id();
     let expected = format!("event: {event_type}\ndata: {data}\n\n");
@@ -61,7 +73,10 @@ pub fn verifier() -> event_gateway::auth::JwtVerifier {
 /// What every verified token's claims must satisfy.
 pub fn check_claims(claims: &event_gateway::auth::Claims) {
     assert!(!claims.sub.is_empty() && !claims.role.is_empty(), "{claims:?}");
-    assert!(!claims.orgs.is_empty() && claims.orgs.len() <= MAX_ORGS, "{claims:?}");
+    assert!(
+        !claims.orgs.is_empty() && claims.orgs.len() <= MAX_ORGS,
+        "{claims:?}"
+    );
     for (i, org) in claims.orgs.iter().enumerate() {
         assert!(!claims.orgs[..i].contains(org), "duplicate org: {claims:?}");
     }

@@ -13,7 +13,9 @@ fuzz_target!(|raw: &str| {
         assert_eq!(org.as_str(), raw);
         assert_eq!(org.to_string(), raw);
         assert!((1..=64).contains(&raw.len()));
-        assert!(raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        assert!(raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
         assert_eq!(OrgId::parse(&org.to_string()).as_ref(), Ok(&org));
     }
     if let Ok(id) = raw.parse::<EventId>() {

@@ -19,9 +19,17 @@ static MINTER: OnceLock<TokenMinter> = OnceLock::new();
 #[derive(Arbitrary, Debug)]
 enum Edit<'a> {
     /// Overwrite the byte at `pos` (modulo the length of `header.payload`).
-    Set { pos: u16, byte: u8 },
-    Insert { pos: u16, byte: u8 },
-    Remove { pos: u16 },
+    Set {
+        pos: u16,
+        byte: u8,
+    },
+    Insert {
+        pos: u16,
+        byte: u8,
+    },
+    Remove {
+        pos: u16,
+    },
     /// Replace the header segment with the base64url of these bytes.
     Header(&'a [u8]),
     /// Replace the payload segment with the base64url of these bytes.
@@ -53,7 +61,10 @@ fn split(token: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
 fuzz_target!(|input: Input<'_>| {
     let verifier = VERIFIER.get_or_init(common::verifier);
     let minter = MINTER.get_or_init(|| {
-        TokenMinter::new(&secrecy::SecretString::from(common::SECRET), &common::auth_settings())
+        TokenMinter::new(
+            &secrecy::SecretString::from(common::SECRET),
+            &common::auth_settings(),
+        )
     });
     let orgs: Vec<String> = input.orgs.iter().take(8).map(|org| org.to_string()).collect();
     let Ok(original) = minter.mint(&TokenRequest {
@@ -109,7 +120,14 @@ fuzz_target!(|input: Input<'_>| {
             }
         }
     }
-    let mutated = [header.as_slice(), b".", payload.as_slice(), b".", signature.as_slice()].concat();
+    let mutated = [
+        header.as_slice(),
+        b".",
+        payload.as_slice(),
+        b".",
+        signature.as_slice(),
+    ]
+    .concat();
     let Ok(mutated) = String::from_utf8(mutated) else {
         return;
     };

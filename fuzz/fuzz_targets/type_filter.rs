@@ -15,12 +15,18 @@ fuzz_target!(|raw: &str| {
             None => {
                 let event_type = EventType::parse(item)
                     .unwrap_or_else(|_| panic!("accepted filter {raw:?} lists invalid type {item:?}"));
-                assert!(filter.matches(&event_type), "filter {raw:?} does not match its own {item:?}");
+                assert!(
+                    filter.matches(&event_type),
+                    "filter {raw:?} does not match its own {item:?}"
+                );
             }
             Some(prefix) => {
                 // A prefix matches the types it is a prefix of, when that is a type.
                 if let Ok(event_type) = EventType::parse(&format!("{prefix}x")) {
-                    assert!(filter.matches(&event_type), "filter {raw:?} misses {event_type:?}");
+                    assert!(
+                        filter.matches(&event_type),
+                        "filter {raw:?} misses {event_type:?}"
+                    );
                 }
             }
         }
