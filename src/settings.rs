@@ -1,11 +1,11 @@
 //! Settings: `config/default.toml`, then the `--config` file, then `GATEWAY__*` variables,
-//! deserialized strictly and validated before anything starts.
+//! deserialized strictly and validated before anything starts. Each section's type belongs to
+//! the module that uses it (`auth`, `broker`, ...); `Settings` composes them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
-use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::policy::RoleRule;
@@ -43,25 +43,8 @@ pub struct ServerSettings {
     pub body_timeout_secs: u64,
 }
 
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct RedisSettings {
-    pub url: String,
-    pub unsubscribe_linger_secs: u64,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct AuthSettings {
-    pub jwt_secret: SecretString,
-    pub public_key_pem: String,
-    pub jwks_path: String,
-    pub algorithms: Vec<String>,
-    pub issuer: String,
-    pub audience: String,
-    pub leeway_secs: u64,
-    pub cookie_name: String,
-}
+pub use crate::auth::AuthSettings;
+pub use crate::broker::{HistorySettings, RedisSettings};
 
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
@@ -77,16 +60,6 @@ pub struct SseSettings {
     pub queue_capacity: usize,
     pub drain_retry_min_ms: u64,
     pub drain_retry_max_ms: u64,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct HistorySettings {
-    pub retention_secs: u64,
-    pub max_events_per_org: usize,
-    /// Replays a replica runs at once; a stream waiting for its turn is open and has its
-    /// `connected` event.
-    pub max_concurrent_replays: usize,
 }
 
 #[derive(Debug, Deserialize, Clone)]

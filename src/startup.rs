@@ -128,8 +128,14 @@ impl Application {
             );
             (Broker::Embedded(Arc::new(broker)), Registry::local(replica_name))
         } else {
-            let broker =
-                RedisBroker::new(&settings, hub.clone(), shutdown.clone()).context("configuring Redis")?;
+            let broker = RedisBroker::new(
+                &settings.redis,
+                &settings.history,
+                settings.limits.max_event_bytes,
+                hub.clone(),
+                shutdown.clone(),
+            )
+            .context("configuring Redis")?;
             let registry = Registry::redis(replica_name, broker.pool());
             (Broker::Redis(broker), registry)
         };

@@ -11,10 +11,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::AuthError;
+use super::{AuthError, AuthSettings};
 use crate::clock::unix_secs;
 use crate::event::OrgId;
-use crate::settings::AuthSettings;
 
 /// A verified token's claims.
 #[derive(Debug, Clone, PartialEq, Eq)]

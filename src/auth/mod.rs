@@ -6,6 +6,27 @@ mod token;
 pub use jwt::{Claims, JwtVerifier, KeyError, TokenMinter, TokenRequest};
 pub use token::{extract_token, redact_query};
 
+/// `[auth]`: how tokens are found and verified.
+#[derive(Debug, serde::Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HS* secret; empty with no public key: a random one is generated at start-up.
+    pub jwt_secret: secrecy::SecretString,
+    /// RS256/ES256/EdDSA public key: the PEM text, or a path to a PEM file.
+    pub public_key_pem: String,
+    /// JWKS file; keys are chosen by the token's `kid`.
+    pub jwks_path: String,
+    /// Accepted `alg` values, one family; empty: the key's.
+    pub algorithms: Vec<String>,
+    /// Required `iss` / `aud` when not empty.
+    pub issuer: String,
+    pub audience: String,
+    /// Clock skew allowed on `exp` / `nbf`.
+    pub leeway_secs: u64,
+    /// Cookie that may carry the token.
+    pub cookie_name: String,
+}
+
 /// Why a request is not authenticated. Every variant answers `401`; `code()` is the stable
 /// `error.code` clients see and the `reason` label of `gateway_auth_failures_total`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

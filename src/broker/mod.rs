@@ -15,6 +15,27 @@ pub use self::subscriptions::Lease;
 
 use crate::event::{Envelope, Event, EventId, OrgId};
 
+/// `[redis]`: where the broker is.
+#[derive(Debug, serde::Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://`; empty: the embedded broker.
+    pub url: String,
+    /// Seconds an org stays subscribed after its last local stream leaves.
+    pub unsubscribe_linger_secs: u64,
+}
+
+/// `[history]`: what durable history is kept and how it is replayed.
+#[derive(Debug, serde::Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySettings {
+    pub retention_secs: u64,
+    pub max_events_per_org: usize,
+    /// Replays a replica runs at once; a stream waiting for its turn is open and has its
+    /// `connected` event.
+    pub max_concurrent_replays: usize,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("the broker is not reachable: {0}")]

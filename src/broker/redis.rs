@@ -13,12 +13,13 @@ use redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::subscriptions::{parse_channel, ChannelKind, Subscriptions};
-use super::{BrokerError, Lease, OrgCursor, OrgPage, Page, PublishItem, ReplayFrom};
+use super::{
+    BrokerError, HistorySettings, Lease, OrgCursor, OrgPage, Page, PublishItem, RedisSettings, ReplayFrom,
+};
 use crate::clock::unix_millis;
 use crate::event::{EnvelopeError, Event, EventId, OrgId};
 use crate::hub::Hub;
 use crate::metrics::{Source, METRICS};
-use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::telemetry::RateLimitedLog;
 
@@ -117,8 +118,14 @@ fn connection_info(url: &str) -> Result<redis::ConnectionInfo, redis::RedisError
 impl RedisBroker {
     /// Configures the command pool and the pub/sub side; nothing connects yet (the gateway
     /// starts while Redis is down). `start_subscriber` then starts the pub/sub side.
-    pub fn new(settings: &Settings, hub: Arc<Hub>, shutdown: Shutdown) -> Result<Arc<Self>, BrokerError> {
-        let url = settings.redis.url.trim();
+    pub fn new(
+        redis: &RedisSettings,
+        history: &HistorySettings,
+        max_event_bytes: usize,
+        hub: Arc<Hub>,
+        shutdown: Shutdown,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let url = redis.url.trim();
         let (push_sender, pushes) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
         let client = redis::Client::open(connection_info(url).map_err(unavailable)?).map_err(unavailable)?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -144,12 +151,9 @@ impl RedisBroker {
             .build()
             .map_err(unavailable)?;
         let functions = FUNCTIONS_TEMPLATE
-            .replace("__MAX_EVENTS__", &settings.history.max_events_per_org.to_string())
-            .replace(
-                "__RETENTION_MS__",
-                &(settings.history.retention_secs * 1000).to_string(),
-            )
-            .replace("__MAX_BYTES__", &settings.limits.max_event_bytes.to_string());
+            .replace("__MAX_EVENTS__", &history.max_events_per_org.to_string())
+            .replace("__RETENTION_MS__", &(history.retention_secs * 1000).to_string())
+            .replace("__MAX_BYTES__", &max_event_bytes.to_string());
         let version = format!("{:016x}", fnv1a(functions.as_bytes()));
         let functions = functions.replace("__VERSION__", &version);
         let history = History {
@@ -157,15 +161,15 @@ impl RedisBroker {
             functions: functions.into(),
             version: version.into(),
             replaced_log: Arc::new(RateLimitedLog::new(Duration::from_secs(60))),
-            max_event_bytes: settings.limits.max_event_bytes,
-            ack_ttl_secs: settings.history.retention_secs,
+            max_event_bytes,
+            ack_ttl_secs: history.retention_secs,
         };
         let ready = Arc::new(AtomicBool::new(false));
         let dispatcher = Dispatcher {
             hub,
             history: history.clone(),
             ready: ready.clone(),
-            max_event_bytes: settings.limits.max_event_bytes,
+            max_event_bytes,
             subscribed: HashSet::new(),
             last_durable: HashMap::new(),
             newest_durable: None,
@@ -176,7 +180,7 @@ impl RedisBroker {
             pool,
             history,
             subscriptions: Arc::new(Subscriptions::new(Duration::from_secs(
-                settings.redis.unsubscribe_linger_secs,
+                redis.unsubscribe_linger_secs,
             ))),
             ready,
             subscriber: Mutex::new(Some(Subscriber {
