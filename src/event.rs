@@ -183,6 +183,27 @@ impl EnvelopeError {
             Self::InvalidId => "invalid_id",
         }
     }
+
+    /// Every reason (each spelled once, in `reason`), for exporting the drop counter at zero
+    /// from start-up.
+    pub fn all_reasons() -> [&'static str; 10] {
+        [
+            Self::TooLarge { size: 0, limit: 0 },
+            Self::InvalidJson(String::new()),
+            Self::MissingType,
+            Self::InvalidType,
+            Self::MissingData,
+            Self::InvalidData,
+            Self::InvalidOrg(InvalidOrgId),
+            Self::OrgMismatch {
+                envelope: String::new(),
+                channel: String::new(),
+            },
+            Self::InvalidPriority,
+            Self::InvalidId,
+        ]
+        .map(|error| error.reason())
+    }
 }
 
 /// Who an event is for, read from the envelope's top level, falling back to `data`.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::auth::AuthError;
+use crate::event::EnvelopeError;
 
 pub const CONNECTIONS: &str = "gateway_connections";
 pub const CONNECTIONS_OPENED: &str = "gateway_connections_opened_total";
@@ -23,20 +24,6 @@ pub const SLOW_CONSUMER_DISCONNECTS: &str = "gateway_slow_consumer_disconnects_t
 pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
 pub const REDIS_RECONNECTS: &str = "gateway_redis_reconnects_total";
 pub const FANOUT_SECONDS: &str = "gateway_fanout_seconds";
-
-/// Reasons an envelope is dropped (`EnvelopeError::reason`), exported at zero from start-up.
-pub const DROP_REASONS: [&str; 10] = [
-    "too_large",
-    "invalid_json",
-    "missing_type",
-    "invalid_type",
-    "missing_data",
-    "invalid_data",
-    "invalid_org",
-    "org_mismatch",
-    "invalid_priority",
-    "invalid_id",
-];
 
 /// Where a received event came from: a plain PUBLISH, or the durable publish path.
 #[derive(Clone, Copy)]
@@ -120,11 +107,11 @@ impl Metrics {
             connections.entry(role.into_boxed_str()).or_insert(0);
         }
         let mut dropped = self.dropped.lock();
-        for reason in DROP_REASONS {
+        for reason in EnvelopeError::all_reasons() {
             dropped.entry(reason).or_insert(0);
         }
         let mut failures = self.auth_failures.lock();
-        for reason in AuthError::ALL_CODES {
+        for reason in AuthError::all_codes() {
             failures.entry(reason).or_insert(0);
         }
     }
