@@ -206,7 +206,7 @@ impl Sessions {
             replay,
             marks: ReplayMarks::default(),
             _held: Held {
-                registration,
+                _registration: registration,
                 _lease: lease,
                 _permit: permit,
                 _slot: slot,
@@ -230,7 +230,7 @@ impl Drop for Registration {
 
 /// Everything a stream holds while it lives.
 struct Held {
-    registration: Registration,
+    _registration: Registration,
     /// This replica stays subscribed to the stream's orgs.
     _lease: Lease,
     /// The stream counts against its user's limit across replicas.
@@ -307,10 +307,6 @@ impl<F: Framing> Session<F> {
             Output::Pending => Poll::Pending,
             Output::Ended => Poll::Ready(None),
         }
-    }
-
-    pub fn subscriber_id(&self) -> u64 {
-        self._held.registration.subscriber.id
     }
 }
 
