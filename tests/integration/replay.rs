@@ -104,3 +104,38 @@ async fn many_clients_replaying_a_big_history_get_all_of_it_in_bounded_memory_wh
         rss_growth / (1024 * 1024)
     );
 }
+
+#[tokio::test]
+async fn a_stream_waiting_for_a_replay_turn_is_open_and_replays_when_the_turn_comes() {
+    let app =
+        crate::common::spawn_app_with(|options| options.env("GATEWAY__HISTORY__MAX_CONCURRENT_REPLAYS", "1"))
+            .await;
+    // 24 MB: more than the first client's socket buffers take while it reads nothing.
+    let history: Vec<(String, String)> = (0..3000)
+        .map(|n| {
+            let event = envelope(BIG_ORG, TICKET, &format!("history {n}")).padded_to(EVENT_BYTES);
+            (BIG_ORG.to_string(), event.into_string())
+        })
+        .collect();
+    let published = app.publish_durable_via_redis(&history).await;
+    // The first replay's client reads nothing: its replay holds the only turn.
+    let first = app
+        .events_request("since=0")
+        .bearer_auth(many_orgs_token("first"))
+        .send();
+    let first = within(Duration::from_secs(10), "the first replay's response", first)
+        .await
+        .expect("the first replay's response");
+    let mut second = SseClient::open(
+        app.events_request("since=0")
+            .bearer_auth(many_orgs_token("second")),
+    )
+    .await;
+    second.expect_connected().await;
+    second.assert_no_event_within(Duration::from_millis(500)).await;
+    drop(first);
+    app.publish_live(BIG_ORG, envelope(BIG_ORG, TICKET, "control"))
+        .await;
+    let ids = within(Duration::from_secs(60), "the second replay", replayed_ids(second)).await;
+    assert_exactly_once_in_order("the second client", &ids, &published);
+}
