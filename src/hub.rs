@@ -374,6 +374,21 @@ impl Subscriber {
         self.slot.lock().replaying = false;
     }
 
+    /// The keepalive the once-a-second tick queued, if any: for a stream that writes nothing
+    /// else for now (one waiting for its replay's turn).
+    pub fn take_keepalive(&self, now: u64) -> Option<Bytes> {
+        let mut slot = self.slot.lock();
+        let keepalive = slot.keepalive.take()?;
+        slot.last_activity = now;
+        Some(keepalive)
+    }
+
+    /// Asks for `waker` to be woken by the stream's next keepalive, expiry, drain or queued
+    /// event, for a stream that is waiting on something else (its replay's turn).
+    pub fn park(&self, waker: &Waker) {
+        self.slot.lock().waker = Some(waker.clone());
+    }
+
     /// Whether the stream is ending (drained, expired, or cut as slow).
     pub fn is_closing(&self) -> bool {
         self.slot.lock().closing.is_some()
@@ -762,6 +777,21 @@ mod tests {
             text(subscriber.take(&waker, &marks, 0)),
             "id: 1-2\nevent: a.b\ndata: {\"n\":2}\n\n"
         );
+    }
+
+    #[test]
+    fn a_queued_keepalive_can_be_taken_alone() {
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, true);
+        assert_eq!(subscriber.take_keepalive(1), None);
+        shard.tick(
+            20,
+            15,
+            &Bytes::from_static(b"ka\n\n"),
+            &Bytes::from_static(b"expired\n\n"),
+        );
+        assert_eq!(subscriber.take_keepalive(20).as_deref(), Some(&b"ka\n\n"[..]));
+        assert_eq!(subscriber.take_keepalive(21), None);
     }
 
     #[test]

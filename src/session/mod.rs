@@ -345,7 +345,16 @@ impl ReplayDriver {
                 .acquiring
                 .get_or_insert_with(|| Box::pin(async move { permits.acquire_owned().await.ok() }));
             match acquiring.as_mut().poll(cx) {
-                Poll::Pending => return ReplayStep::Pending,
+                // Waiting for its turn, the stream still gets its keepalives (the tick wakes it).
+                Poll::Pending => {
+                    return match subscriber.take_keepalive(unix_secs()) {
+                        Some(keepalive) => ReplayStep::Chunk(keepalive),
+                        None => {
+                            subscriber.park(cx.waker());
+                            ReplayStep::Pending
+                        }
+                    };
+                }
                 Poll::Ready(None) => return ReplayStep::Failed,
                 Poll::Ready(Some(permit)) => {
                     self.permit = Some(permit);
