@@ -1,4 +1,4 @@
-//! CONTRACT §2: how a client presents its JWT, which tokens are refused (401, with the exact
+//! protocol §2: how a client presents its JWT, which tokens are refused (401, with the exact
 //! error code and a Bearer challenge), which roles may not subscribe (403), and the
 //! `event-gateway token` subcommand.
 

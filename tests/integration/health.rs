@@ -1,4 +1,4 @@
-//! CONTRACT §7 and §8: health, readiness, metrics exported from start-up, and JSON 404s.
+//! protocol §7 and §8: health, readiness, metrics exported from start-up, and JSON 404s.
 
 use std::time::Duration;
 

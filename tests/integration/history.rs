@@ -1,4 +1,4 @@
-//! CONTRACT §6: durable history, resuming with Last-Event-ID, `since`, acknowledgement, and
+//! protocol §6: durable history, resuming with Last-Event-ID, `since`, acknowledgement, and
 //! truncation.
 
 use std::sync::atomic::{AtomicBool, Ordering};

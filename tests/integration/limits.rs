@@ -1,4 +1,4 @@
-//! CONTRACT §7, limits: streams per replica (503), per user (429), and connection rate (429),
+//! protocol §7, limits: streams per replica (503), per user (429), and connection rate (429),
 //! each answered with `Retry-After` and a JSON error.
 
 use reqwest::StatusCode;

@@ -1,6 +1,6 @@
 //! Integration tests for event-gateway: the real binary against a private `redis-server` (or its
 //! embedded broker), driven over HTTP and read through a third-party SSE parser. Each module
-//! covers one area of CONTRACT.md and reads as its specification.
+//! covers one area of docs/protocol.md and reads as its specification.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! CONTRACT §5: who receives what. Each test publishes events a client may and may not see,
+//! protocol §5: who receives what. Each test publishes events a client may and may not see,
 //! then a control event it must see, and asserts exactly which labels arrived before the control.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! CONTRACT §7, priority: a `priority: high` event jumps ahead of the normal events queued for a
+//! protocol §7, priority: a `priority: high` event jumps ahead of the normal events queued for a
 //! client that is behind; one that overtakes queued durable events comes without its `id:` line.
 
 use std::time::Duration;

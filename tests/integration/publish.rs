@@ -1,4 +1,4 @@
-//! CONTRACT §4: the three ways in (live PUBLISH, durable FCALL, durable POST /api/publish), the
+//! protocol §4: the three ways in (live PUBLISH, durable FCALL, durable POST /api/publish), the
 //! `publish` subcommand, and what happens to malformed envelopes on each path.
 
 use reqwest::StatusCode;

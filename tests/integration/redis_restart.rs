@@ -1,4 +1,4 @@
-//! Durable events published before, during and after a Redis restart all reach open streams, once and in order (CONTRACT §7).
+//! Durable events published before, during and after a Redis restart all reach open streams, once and in order (protocol §7).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! CONTRACT §9: replay is read in bounded pages at the client's pace, so many clients replaying
+//! protocol §9: replay is read in bounded pages at the client's pace, so many clients replaying
 //! a big history neither hold it in memory nor stall live traffic, and each gets all of it,
 //! exactly once and in order.
 

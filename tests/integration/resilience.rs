@@ -1,4 +1,4 @@
-//! CONTRACT §7, Redis outage: open streams survive, readiness follows Redis, the gateway starts
+//! protocol §7, Redis outage: open streams survive, readiness follows Redis, the gateway starts
 //! without Redis, and HTTP publishing answers 503 while Redis is unreachable.
 
 use std::time::Duration;

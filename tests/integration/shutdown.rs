@@ -1,4 +1,4 @@
-//! CONTRACT §7, draining: on SIGTERM every open stream gets a jittered `retry:` and is closed,
+//! protocol §7, draining: on SIGTERM every open stream gets a jittered `retry:` and is closed,
 //! and the process exits with status 0 within `server.shutdown_timeout_secs`.
 
 use std::collections::HashSet;

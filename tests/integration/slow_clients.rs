@@ -1,4 +1,4 @@
-//! CONTRACT §7, slow clients: a client that stops reading is cut off once its bounded queue is
+//! protocol §7, slow clients: a client that stops reading is cut off once its bounded queue is
 //! full, the others are not delayed, and the cut-off client recovers from history.
 
 use std::time::Duration;

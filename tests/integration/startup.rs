@@ -1,4 +1,4 @@
-//! CONTRACT §1: configuration layering and refusal of bad configuration, the default subcommand,
+//! protocol §1: configuration layering and refusal of bad configuration, the default subcommand,
 //! and the first-run experience without a configured secret.
 
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! CONTRACT §3: the shape of `GET /api/events`: headers, the `retry:` and `connected` frames,
+//! protocol §3: the shape of `GET /api/events`: headers, the `retry:` and `connected` frames,
 //! keepalives, event framing, the `types` filter, ordering, token expiry and CORS.
 
 use std::time::Duration;

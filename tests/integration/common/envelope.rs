@@ -1,4 +1,4 @@
-//! Envelopes (CONTRACT §4) built the way tests read best: every event carries a `label` in its
+//! Envelopes (protocol §4) built the way tests read best: every event carries a `label` in its
 //! `data`, so a test can say exactly which events a client received and in which order.
 
 use serde_json::{json, Value};

@@ -1,4 +1,4 @@
-//! Plain HTTP helpers: bounded request sends and the error-body contract (CONTRACT §8).
+//! Plain HTTP helpers: bounded request sends and the error-body contract (protocol §8).
 
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{RequestBuilder, Response, StatusCode};
