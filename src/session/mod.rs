@@ -176,19 +176,21 @@ impl Sessions {
             replica: self.settings.replica_name.clone(),
             keepalive_secs: self.settings.keepalive_secs,
         };
-        let replay = from.map(|from| ReplayDriver {
-            paged: PagedReplay::new(
-                &claims.orgs,
-                from,
-                self.settings.replay_page_events,
-                self.settings.replay_page_bytes,
-            ),
-            broker: self.broker.clone(),
-            permits: self.replays.clone(),
-            permit: None,
-            acquiring: None,
-            fetching: None,
-            reading_tail: false,
+        let replay = from.map(|from| {
+            Box::new(ReplayDriver {
+                paged: PagedReplay::new(
+                    &claims.orgs,
+                    from,
+                    self.settings.replay_page_events,
+                    self.settings.replay_page_bytes,
+                ),
+                broker: self.broker.clone(),
+                permits: self.replays.clone(),
+                permit: None,
+                acquiring: None,
+                fetching: None,
+                reading_tail: false,
+            })
         });
         tracing::debug!(
             conn = %connected.connection_id,
@@ -200,7 +202,6 @@ impl Sessions {
         );
         Ok(Session {
             opening: Some(framing.opening(&connected)),
-            connected,
             framing,
             subscriber,
             replay,
@@ -240,13 +241,13 @@ struct Held {
 }
 
 /// One open stream.
+/// Kept small: an idle stream holds one for hours (the replay, when there is one, is boxed).
 pub struct Session<F: Framing> {
-    connected: Connected,
     framing: F,
     opening: Option<Bytes>,
     subscriber: Arc<Subscriber>,
     /// The replay still to send, if the stream started with one.
-    replay: Option<ReplayDriver>,
+    replay: Option<Box<ReplayDriver>>,
     /// Per org, what the replay covered: queued live copies up to it are skipped.
     marks: ReplayMarks,
     _held: Held,
@@ -266,10 +267,6 @@ pub enum Chunk {
 }
 
 impl<F: Framing> Session<F> {
-    pub fn connected(&self) -> &Connected {
-        &self.connected
-    }
-
     /// The next chunk to write, `Pending` (the waker is called when there is one), or `None`
     /// when the stream is over.
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
