@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,8 +49,6 @@ pub struct Metrics {
     slow_consumer_disconnects: AtomicU64,
     auth_failures: Mutex<BTreeMap<&'static str, u64>>,
     redis_reconnects: AtomicU64,
-    /// Connections of this replica, all roles together (for limits).
-    open: AtomicI64,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -64,7 +62,6 @@ pub static METRICS: Metrics = Metrics {
     slow_consumer_disconnects: AtomicU64::new(0),
     auth_failures: Mutex::new(BTreeMap::new()),
     redis_reconnects: AtomicU64::new(0),
-    open: AtomicI64::new(0),
 };
 
 /// What one HTTP worker counts per socket write. Only that worker's thread writes it; aligned
@@ -118,7 +115,6 @@ impl Metrics {
 
     pub fn connection_opened(&self, role: &str) {
         self.connections_opened.fetch_add(1, Ordering::Relaxed);
-        self.open.fetch_add(1, Ordering::Relaxed);
         self.add_connection(role, 1);
     }
 
@@ -133,12 +129,7 @@ impl Metrics {
     }
 
     pub fn connection_closed(&self, role: &str) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
         self.add_connection(role, -1);
-    }
-
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed).max(0) as usize
     }
 
     pub fn event_received(&self, source: Source) {

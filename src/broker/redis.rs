@@ -301,9 +301,9 @@ fn ack_key(user: &str) -> String {
 }
 
 /// One org's part of a page: org, max deleted id, oldest kept id, entries.
-type OrgSnapshot = (String, String, String, Vec<(String, Vec<Vec<u8>>)>);
+type OrgPageReply = (String, String, String, Vec<(String, Vec<Vec<u8>>)>);
 /// What `event_gateway_page` answers: the newest id issued, then one part per org.
-type PageReply = (String, Vec<OrgSnapshot>);
+type PageReply = (String, Vec<OrgPageReply>);
 
 impl History {
     async fn load_functions(&self, connection: &mut deadpool_redis::Connection) -> Result<(), BrokerError> {

@@ -16,23 +16,18 @@ use crate::sse::{EventStream, SseFraming};
 /// Largest accepted acknowledgement body.
 const ACK_BODY_LIMIT: usize = 4096;
 
-/// `since=`: a time, or the user's acknowledged cursor.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Since {
-    Millis(u64),
-    Ack,
-}
-
 /// The query parameters of `GET /api/events`; unknown ones are ignored (clients add cache
 /// busters).
 #[derive(Debug, Default)]
 pub struct EventsQuery {
     pub types: Option<TypeFilter>,
-    pub since: Option<Since>,
+    /// `since=`: `Start::Since` (a time) or `Start::Ack`.
+    pub since: Option<Start>,
     pub last_event_id: Option<EventId>,
 }
 
-fn parse_since(raw: &str) -> Result<Since, ApiError> {
+/// `since=`: an RFC 3339 time or epoch milliseconds (`Start::Since`), or `ack`.
+fn parse_since(raw: &str) -> Result<Start, ApiError> {
     let invalid = || {
         ApiError::bad_request(
             "invalid_since",
@@ -40,15 +35,15 @@ fn parse_since(raw: &str) -> Result<Since, ApiError> {
         )
     };
     if raw == "ack" {
-        return Ok(Since::Ack);
+        return Ok(Start::Ack);
     }
     if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
-        return raw.parse().map(Since::Millis).map_err(|_| invalid());
+        return raw.parse().map(Start::Since).map_err(|_| invalid());
     }
     let time = time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
         .map_err(|_| invalid())?;
     u64::try_from(time.unix_timestamp_nanos() / 1_000_000)
-        .map(Since::Millis)
+        .map(Start::Since)
         .map_err(|_| invalid())
 }
 
@@ -102,10 +97,7 @@ fn start_of(request: &HttpRequest, query: &EventsQuery) -> Result<Option<Start>,
     if let Some(id) = header_id.or(query.last_event_id) {
         return Ok(Some(Start::After(id)));
     }
-    Ok(query.since.as_ref().map(|since| match since {
-        Since::Millis(millis) => Start::Since(*millis),
-        Since::Ack => Start::Ack,
-    }))
+    Ok(query.since)
 }
 
 /// The client's IP for rate limiting: the peer, or the forwarded client when configured.
@@ -195,18 +187,18 @@ mod tests {
 
     #[test]
     fn since_accepts_rfc3339_epoch_millis_and_ack() {
-        assert_eq!(parse_since("ack").ok(), Some(Since::Ack));
+        assert_eq!(parse_since("ack").ok(), Some(Start::Ack));
         assert_eq!(
             parse_since("1700000000123").ok(),
-            Some(Since::Millis(1_700_000_000_123))
+            Some(Start::Since(1_700_000_000_123))
         );
         assert_eq!(
             parse_since("2025-11-07T09:00:00Z").ok(),
-            Some(Since::Millis(1_762_506_000_000))
+            Some(Start::Since(1_762_506_000_000))
         );
         assert_eq!(
             parse_since("2025-11-07T10:00:00+01:00").ok(),
-            Some(Since::Millis(1_762_506_000_000))
+            Some(Start::Since(1_762_506_000_000))
         );
         for bad in ["yesterday", "2025-11-07", "-5", "1.5"] {
             assert_eq!(
@@ -249,7 +241,7 @@ mod properties {
 
         #[test]
         fn since_in_epoch_milliseconds_is_that_instant(millis in any::<u64>()) {
-            prop_assert_eq!(parse_since(&millis.to_string()).ok(), Some(Since::Millis(millis)));
+            prop_assert_eq!(parse_since(&millis.to_string()).ok(), Some(Start::Since(millis)));
         }
 
         #[test]
@@ -260,7 +252,7 @@ mod properties {
                 .to_offset(offset)
                 .format(&time::format_description::well_known::Rfc3339)
                 .expect("formats");
-            prop_assert_eq!(parse_since(&text).ok(), Some(Since::Millis(millis)));
+            prop_assert_eq!(parse_since(&text).ok(), Some(Start::Since(millis)));
         }
 
         #[test]

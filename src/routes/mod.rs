@@ -6,7 +6,7 @@ mod events;
 mod health;
 mod publish;
 
-pub use events::{EventsQuery, Since};
+pub use events::EventsQuery;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

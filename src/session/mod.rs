@@ -285,7 +285,8 @@ impl<F: Framing> Session<F> {
                 ReplayStep::Pending => return Poll::Pending,
                 ReplayStep::Failed => return Poll::Ready(None),
                 ReplayStep::Done => {
-                    self.subscriber.stop_replaying();
+                    // The driver already queues durable events again (before its tail read);
+                    // a closing stream sends only what is queued and its last frame.
                     self.marks = replay.paged.marks().clone();
                     self.replay = None;
                 }

@@ -26,6 +26,18 @@ fn many_orgs_token(sub: &str) -> String {
         .sign()
 }
 
+/// Publishes `events` durable events of `EVENT_BYTES` to the big org through the Function;
+/// returns their ids.
+async fn publish_big_history(app: &crate::common::TestApp, events: usize) -> Vec<String> {
+    let history: Vec<(String, String)> = (0..events)
+        .map(|n| {
+            let event = envelope(BIG_ORG, TICKET, &format!("history {n}")).padded_to(EVENT_BYTES);
+            (BIG_ORG.to_string(), event.into_string())
+        })
+        .collect();
+    app.publish_durable_via_redis(&history).await
+}
+
 /// Reads a replay until the event labelled `control`; returns the ids before it.
 async fn replayed_ids(mut client: SseClient) -> Vec<String> {
     let mut ids = Vec::with_capacity(EVENTS);
@@ -46,13 +58,7 @@ async fn replayed_ids(mut client: SseClient) -> Vec<String> {
 async fn many_clients_replaying_a_big_history_get_all_of_it_in_bounded_memory_while_live_events_flow() {
     let app = spawn_app().await;
     let rss_before = app.rss_bytes();
-    let history: Vec<(String, String)> = (0..EVENTS)
-        .map(|n| {
-            let event = envelope(BIG_ORG, TICKET, &format!("history {n}")).padded_to(EVENT_BYTES);
-            (BIG_ORG.to_string(), event.into_string())
-        })
-        .collect();
-    let published = app.publish_durable_via_redis(&history).await;
+    let published = publish_big_history(&app, EVENTS).await;
     let mut bystander = app.connect_ready(&ops("bystander", "org-live"), "").await;
 
     // Every client's stream is open (`connected` read) before the control event is published.
@@ -117,13 +123,7 @@ async fn gateway_with_its_replay_turn_taken(
             .env("GATEWAY__SSE__KEEPALIVE_SECS", keepalive_secs)
     })
     .await;
-    let history: Vec<(String, String)> = (0..3000)
-        .map(|n| {
-            let event = envelope(BIG_ORG, TICKET, &format!("history {n}")).padded_to(EVENT_BYTES);
-            (BIG_ORG.to_string(), event.into_string())
-        })
-        .collect();
-    app.publish_durable_via_redis(&history).await;
+    publish_big_history(&app, 3000).await;
     let first = app
         .events_request("since=0")
         .bearer_auth(many_orgs_token("first"))
@@ -181,4 +181,36 @@ async fn a_stream_waiting_for_a_replay_turn_is_open_and_replays_when_the_turn_co
     let ids = within(Duration::from_secs(60), "the second replay", replayed_ids(second)).await;
     assert_eq!(ids.len(), 3000, "the whole history, once");
     crate::common::assert_ids_increase(&ids);
+}
+
+#[tokio::test]
+async fn a_replay_sends_only_the_types_asked_for() {
+    let app = spawn_app().await;
+    let org = "org-1";
+    let mixed: Vec<serde_json::Value> = (0..6)
+        .map(|n| {
+            let event_type = if n % 2 == 0 { "payment.received" } else { TICKET };
+            envelope(org, event_type, &format!("{event_type} {n}")).into()
+        })
+        .collect();
+    let ids = app.publish_durable(&mixed).await;
+    let mut client = SseClient::open(
+        app.events_request("since=0&types=payment.*")
+            .bearer_auth(ops("olivia", org)),
+    )
+    .await;
+    client.expect_connected().await;
+    app.publish_live(org, envelope(org, "payment.received", "control"))
+        .await;
+    let mut replayed = Vec::new();
+    loop {
+        let event = client.next_data_event().await;
+        if event.label() == "control" {
+            break;
+        }
+        assert_eq!(event.event, "payment.received", "{event:?}");
+        replayed.push(event.id.unwrap_or_default());
+    }
+    let payments: Vec<String> = ids.into_iter().step_by(2).collect();
+    assert_exactly_once_in_order("olivia", &replayed, &payments);
 }
