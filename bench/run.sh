@@ -9,7 +9,7 @@
 #   bench/summarize.py bench/results/*.jsonl
 #
 # Scenarios: idle10k fanout50 fanout200 fanout800 filtered filtered-ops durable50 durable200
-#            durable-filtered
+#            durable-filtered replay-storm
 #            http50 and nchan-<same> for idle10k fanout50 fanout200 fanout800 filtered.
 # Never touches a shared Redis: each run starts its own redis-server on a free port. The server
 # processes measured are found from the listening port (the gateway; nginx master + workers).
@@ -104,6 +104,8 @@ scenario_args() {
         durable200) echo "-n 2000 --orgs 1 --roles ops --rate 200 --duration 20 --via function" ;;
         durable-filtered) echo "-n 2000 --orgs 100 --roles mixed --rate 1000 --duration 20 --via function" ;;
         http50) echo "-n 2000 --orgs 1 --roles ops --rate 50 --duration 20 --via http" ;;
+        # 20 clients replay 5,000 events of 8 KB (since=0) while 200 streams take 20 live ev/s.
+        replay-storm) echo "-n 200 --orgs 1 --roles ops --rate 20 --duration 30 --replayers 20 --history 5000 --history-pad 8192" ;;
         *) echo "unknown scenario $1" >&2; return 1 ;;
     esac
 }

@@ -62,6 +62,34 @@ pub struct Shard {
 }
 
 /// One open stream as the hub sees it.
+/// Streams that share a role and a set of orgs: the unit `GET /api/connections` counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamGroup {
+    pub role: Box<str>,
+    /// Sorted, so that one set of orgs is one group whatever the token's order.
+    orgs: Box<[OrgId]>,
+}
+
+impl StreamGroup {
+    pub fn new(role: Box<str>, mut orgs: Vec<OrgId>) -> Self {
+        orgs.sort_unstable();
+        orgs.dedup();
+        Self {
+            role,
+            orgs: orgs.into(),
+        }
+    }
+
+    pub fn orgs(&self) -> &[OrgId] {
+        &self.orgs
+    }
+
+    /// Whether the group's streams listed any of `orgs`.
+    pub fn shares_an_org_with(&self, orgs: &[OrgId]) -> bool {
+        self.orgs.iter().any(|org| orgs.contains(org))
+    }
+}
+
 pub struct Subscriber {
     pub id: ConnectionId,
     pub role: Box<str>,
@@ -181,13 +209,11 @@ impl Hub {
         self.shards().iter().map(|shard| shard.connection_count()).sum()
     }
 
-    /// Open streams by `role|org,org` (orgs sorted), for the connection registry.
-    pub fn counts_by_role_and_orgs(&self) -> HashMap<String, u64> {
+    /// Open streams per role and set of orgs, for the connection registry.
+    pub fn stream_counts(&self) -> HashMap<StreamGroup, u64> {
         let mut counts = HashMap::new();
         for shard in self.shards() {
-            for (key, count) in shard.counts_by_role_and_orgs() {
-                *counts.entry(key).or_insert(0) += count;
-            }
+            shard.add_stream_counts(&mut counts);
         }
         counts
     }
@@ -312,16 +338,11 @@ impl Shard {
         self.connections.lock().len()
     }
 
-    fn counts_by_role_and_orgs(&self) -> HashMap<String, u64> {
-        let mut counts = HashMap::new();
+    fn add_stream_counts(&self, counts: &mut HashMap<StreamGroup, u64>) {
         for subscriber in self.connections.lock().values() {
-            let mut orgs: Vec<&str> = subscriber.viewer.orgs().iter().map(OrgId::as_str).collect();
-            orgs.sort_unstable();
-            *counts
-                .entry(format!("{}|{}", subscriber.role, orgs.join(",")))
-                .or_insert(0) += 1;
+            let group = StreamGroup::new(subscriber.role.clone(), subscriber.viewer.orgs().to_vec());
+            *counts.entry(group).or_insert(0) += 1;
         }
-        counts
     }
 
     fn subscribers(&self) -> Vec<Arc<Subscriber>> {

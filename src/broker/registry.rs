@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::BrokerError;
 use crate::clock::unix_millis;
 use crate::event::OrgId;
-use crate::hub::Hub;
+use crate::hub::{Hub, StreamGroup};
 
 /// How often a replica rewrites its entries.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -72,7 +72,7 @@ impl Drop for Permit {
         // Outside a runtime (process teardown) the heartbeat's expiry does the cleanup.
         let runtime = tokio::runtime::Handle::try_current();
         if let (Some((pool, replica_id)), Ok(runtime)) = (self.redis.take(), runtime) {
-            let field = format!("u:{}", self.user);
+            let field = user_field(&self.user);
             let key = replica_key(&replica_id);
             runtime.spawn(async move {
                 if let Ok(mut connection) = pool.get().await {
@@ -92,6 +92,29 @@ fn replica_key(replica_id: &str) -> String {
     format!("events:replica:{replica_id}")
 }
 
+/// A replica hash's field for a user's stream count.
+fn user_field(user: &str) -> String {
+    format!("u:{user}")
+}
+
+/// A replica hash's field for a group's stream count: `c:<role>|<org>,<org>`.
+fn group_field(group: &StreamGroup) -> String {
+    let orgs: Vec<&str> = group.orgs().iter().map(OrgId::as_str).collect();
+    format!("c:{}|{}", group.role, orgs.join(","))
+}
+
+/// The group a `c:` field names; `None` for other fields and for fields this version cannot
+/// read (a replica of another version shares the registry).
+fn parse_group_field(field: &str) -> Option<StreamGroup> {
+    let (role, orgs) = field.strip_prefix("c:")?.split_once('|')?;
+    let orgs = orgs
+        .split(',')
+        .map(OrgId::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    Some(StreamGroup::new(role.into(), orgs))
+}
+
 /// `GET /api/connections`: streams whose token lists one of the caller's orgs.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 pub struct ConnectionsReport {
@@ -108,24 +131,18 @@ pub struct ReplicaConnections {
 }
 
 impl ConnectionsReport {
-    /// Adds one replica's `role|org,org` counts, keeping those that share an org with `orgs`.
-    fn add_replica<'a>(
+    /// Adds one replica's counts, keeping the groups that share an org with `orgs`.
+    fn add_replica(
         &mut self,
         replica: &str,
-        counts: impl Iterator<Item = (&'a str, u64)>,
+        counts: impl IntoIterator<Item = (StreamGroup, u64)>,
         orgs: &[OrgId],
     ) {
         let mut connections = 0;
-        for (key, count) in counts {
-            let Some((role, listed)) = key.split_once('|') else {
-                continue;
-            };
-            if listed
-                .split(',')
-                .any(|org| orgs.iter().any(|mine| mine.as_str() == org))
-            {
+        for (group, count) in counts {
+            if group.shares_an_org_with(orgs) {
                 connections += count;
-                *self.by_role.entry(role.to_string()).or_insert(0) += count;
+                *self.by_role.entry(group.role.into()).or_insert(0) += count;
             }
         }
         self.total += connections;
@@ -211,16 +228,12 @@ impl Registry {
         let mut pipeline = redis::pipe();
         pipeline.atomic().del(&key);
         let users = self.counts.snapshot();
-        let streams = hub.counts_by_role_and_orgs();
+        let streams = hub.stream_counts();
         if !users.is_empty() || !streams.is_empty() {
             let fields: Vec<(String, u64)> = users
                 .into_iter()
-                .map(|(user, count)| (format!("u:{user}"), count))
-                .chain(
-                    streams
-                        .into_iter()
-                        .map(|(key, count)| (format!("c:{key}"), count)),
-                )
+                .map(|(user, count)| (user_field(&user), count))
+                .chain(streams.iter().map(|(group, count)| (group_field(group), *count)))
                 .collect();
             pipeline.hset_multiple(&key, &fields);
         }
@@ -255,12 +268,7 @@ impl Registry {
     pub async fn report(&self, hub: &Hub, orgs: &[OrgId]) -> Result<ConnectionsReport, BrokerError> {
         let mut report = ConnectionsReport::default();
         let Some(pool) = &self.pool else {
-            let counts = hub.counts_by_role_and_orgs();
-            report.add_replica(
-                &self.replica_name,
-                counts.iter().map(|(k, v)| (k.as_str(), *v)),
-                orgs,
-            );
+            report.add_replica(&self.replica_name, hub.stream_counts(), orgs);
             return Ok(report);
         };
         let mut connection = pool
@@ -281,7 +289,7 @@ impl Registry {
                 .rsplit_once('#')
                 .map_or(replica_id.as_str(), |(name, _)| name);
             let counts = fields.chunks(2).filter_map(|pair| match pair {
-                [field, count] => Some((field.strip_prefix("c:")?, count.parse().ok()?)),
+                [field, count] => Some((parse_group_field(field)?, count.parse().ok()?)),
                 _ => None,
             });
             report.add_replica(name, counts, orgs);
@@ -298,12 +306,20 @@ mod tests {
         names.iter().map(|o| OrgId::parse(o).expect("valid")).collect()
     }
 
+    fn group(role: &str, names: &[&str]) -> StreamGroup {
+        StreamGroup::new(role.into(), orgs(names))
+    }
+
     #[test]
     fn report_counts_only_streams_sharing_an_org_with_the_caller() {
         let mut report = ConnectionsReport::default();
-        let counts = [("ops|a,b", 2), ("tenant|b", 3), ("tenant|c", 5)];
-        report.add_replica("r1", counts.iter().map(|(k, v)| (*k, *v)), &orgs(&["b"]));
-        report.add_replica("r2", [("landlord|c", 7)].into_iter(), &orgs(&["b"]));
+        let counts = [
+            (group("ops", &["a", "b"]), 2),
+            (group("tenant", &["b"]), 3),
+            (group("tenant", &["c"]), 5),
+        ];
+        report.add_replica("r1", counts, &orgs(&["b"]));
+        report.add_replica("r2", [(group("landlord", &["c"]), 7)], &orgs(&["b"]));
         assert_eq!(report.total, 5);
         assert_eq!(report.by_role.get("ops"), Some(&2));
         assert_eq!(report.by_role.get("tenant"), Some(&3));
@@ -320,6 +336,20 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn group_fields_read_back_as_the_group_whatever_the_org_order() {
+        let written = group_field(&group("ops", &["b", "a"]));
+        assert_eq!(written, "c:ops|a,b");
+        assert_eq!(parse_group_field(&written), Some(group("ops", &["a", "b"])));
+    }
+
+    #[test]
+    fn fields_that_name_no_group_are_skipped() {
+        assert_eq!(parse_group_field("u:alice"), None);
+        assert_eq!(parse_group_field("c:ops"), None);
+        assert_eq!(parse_group_field("c:ops|bad org"), None);
     }
 
     #[tokio::test]

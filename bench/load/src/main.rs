@@ -16,6 +16,7 @@ mod procstat;
 mod publisher;
 mod report;
 mod sse;
+mod storm;
 mod tally;
 
 use std::collections::HashMap;
@@ -159,6 +160,21 @@ struct Args {
     /// A name for this run in the report.
     #[arg(long, default_value = "")]
     label: String,
+    /// Replay storm: this many extra clients open `since=0` over a history of `--history`
+    /// events (org `<org-prefix>history`) when publishing starts, while the ordinary streams
+    /// take the live traffic.
+    #[arg(long, default_value_t = 0)]
+    replayers: usize,
+    /// History events written through the publish Function before the run (with --replayers).
+    /// The gateway's `history.max_events_per_org` must keep them all.
+    #[arg(long, default_value_t = 5000)]
+    history: u64,
+    /// Bytes of padding in each history event.
+    #[arg(long, default_value_t = 8192)]
+    history_pad: usize,
+    /// Seconds the replays may take from their start.
+    #[arg(long, default_value_t = 120.0)]
+    replay_timeout: f64,
 }
 
 /// Where the server is.
@@ -251,6 +267,21 @@ pub struct RunResult {
     pub ramp_elapsed: Duration,
     pub drain_elapsed: Duration,
     pub shared: Arc<ClientShared>,
+    pub storm: Option<StormResult>,
+}
+
+/// What the replay storm produced.
+pub struct StormResult {
+    pub history: u64,
+    pub records: Vec<storm::ReplayRecord>,
+    pub slowlog: storm::SlowLog,
+}
+
+/// The replay storm to run: the history, and one stream request per replaying client.
+struct Storm {
+    history: storm::History,
+    requests: Vec<Vec<u8>>,
+    timeout: Duration,
 }
 
 struct RunInputs {
@@ -262,6 +293,7 @@ struct RunInputs {
     service_tokens: Vec<String>,
     server_pids: Vec<u32>,
     events: u64,
+    storm: Option<Storm>,
 }
 
 /// Opens `conns` on the current runtime at their due times; returns their records when the
@@ -316,7 +348,11 @@ async fn run(inputs: RunInputs) -> anyhow::Result<RunResult> {
         service_tokens,
         server_pids,
         events,
+        storm,
     } = inputs;
+    if let Some(storm) = &storm {
+        storm::seed(&args.redis_url, &storm.history).await?;
+    }
     let established_on = args.established_on.unwrap_or(match args.target {
         Target::Gateway => EstablishedOn::Connected,
         Target::Nchan => EstablishedOn::Headers,
@@ -411,6 +447,28 @@ async fn run(inputs: RunInputs) -> anyhow::Result<RunResult> {
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     sample(1, &mut samples);
 
+    // The replay storm starts with the live traffic.
+    let replays = match storm {
+        Some(storm) => {
+            storm::slowlog_start(&args.redis_url).await?;
+            let deadline = Instant::now() + storm.timeout;
+            let tasks: Vec<_> = storm
+                .requests
+                .into_iter()
+                .map(|request| {
+                    tokio::spawn(storm::replay(
+                        endpoint.address,
+                        request,
+                        storm.history.events,
+                        deadline,
+                    ))
+                })
+                .collect();
+            Some((storm.history.events, tasks))
+        }
+        None => None,
+    };
+
     // Publishing.
     let mut publish = None;
     let mut drain_elapsed = Duration::ZERO;
@@ -452,6 +510,21 @@ async fn run(inputs: RunInputs) -> anyhow::Result<RunResult> {
         drain_elapsed = drain_start.elapsed();
         publish = Some(outcome);
     }
+    let mut storm = None;
+    if let Some((history, tasks)) = replays {
+        let mut records = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            records.push(task.await.unwrap_or_else(|error| storm::ReplayRecord {
+                failure: Some(format!("panic: {error}")),
+                ..Default::default()
+            }));
+        }
+        storm = Some(StormResult {
+            history,
+            records,
+            slowlog: storm::slowlog_finish(&args.redis_url).await?,
+        });
+    }
     sample(2, &mut samples);
 
     let _ = stop_tx.send(true);
@@ -472,6 +545,7 @@ async fn run(inputs: RunInputs) -> anyhow::Result<RunResult> {
         ramp_elapsed,
         drain_elapsed,
         shared,
+        storm,
     })
 }
 
@@ -528,7 +602,7 @@ fn main() -> anyhow::Result<()> {
         seed: args.seed,
     }));
 
-    let (requests, service_tokens) = {
+    let (requests, service_tokens, storm) = {
         let path_template = args.path.clone().unwrap_or_else(|| match args.target {
             Target::Gateway => "/api/events".to_string(),
             Target::Nchan => "/sub/{orgs}".to_string(),
@@ -587,7 +661,41 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        (requests, service_tokens)
+        let storm = match (&minter, args.replayers) {
+            (_, 0) => None,
+            (None, _) => bail!("--replayers needs the gateway target"),
+            (Some(minter), replayers) => {
+                let org = format!("{}history", args.org_prefix);
+                let mut requests = Vec::with_capacity(replayers);
+                for n in 0..replayers {
+                    let token = minter
+                        .mint(&TokenRequest {
+                            sub: &format!("bench-replayer-{n}"),
+                            role: "ops",
+                            orgs: std::slice::from_ref(&org),
+                            tenant_id: None,
+                            contractor_id: None,
+                            ttl_secs: args.token_ttl,
+                        })
+                        .context("minting a replayer token")?;
+                    requests.push(client::stream_request(
+                        &endpoint.authority,
+                        "/api/events?since=0",
+                        Some(&token),
+                    ));
+                }
+                Some(Storm {
+                    history: storm::History {
+                        org,
+                        events: args.history,
+                        pad: args.history_pad,
+                    },
+                    requests,
+                    timeout: Duration::from_secs_f64(args.replay_timeout),
+                })
+            }
+        };
+        (requests, service_tokens, storm)
     };
     let policy = Policy::new(settings.policy.roles.clone());
     let all: Vec<usize> = (0..plan.conns.len()).collect();
@@ -605,6 +713,11 @@ fn main() -> anyhow::Result<()> {
         + args.settle
         + if events > 0 {
             args.duration * 3.0 + args.drain
+        } else {
+            0.0
+        }
+        + if args.replayers > 0 {
+            args.replay_timeout + 60.0
         } else {
             0.0
         }
@@ -651,6 +764,7 @@ fn main() -> anyhow::Result<()> {
         service_tokens,
         server_pids,
         events,
+        storm,
     }))?;
     report::print(&context, &result);
     Ok(())

@@ -281,6 +281,10 @@ pub fn print(context: &Context, result: &RunResult) {
             opt(per_thousand(redis.publish_cpu_ms), "")
         );
     }
+    let storm = result.storm.as_ref().map(StormFigures::of);
+    if let Some(storm) = &storm {
+        println!("{}", storm.human());
+    }
     println!(
         "other         {keepalives} keepalives, {with_id} events with id, {other_events} other events, {unparsed} unparsed bench events"
     );
@@ -347,6 +351,106 @@ pub fn print(context: &Context, result: &RunResult) {
         "events_with_id": with_id,
         "other_events": other_events,
         "unparsed": unparsed,
+        "replay": storm.as_ref().map(StormFigures::json),
     });
     println!("BENCH_JSON {line}");
+}
+
+/// The replay storm's figures.
+struct StormFigures {
+    replayers: usize,
+    history: u64,
+    complete: usize,
+    failures: BTreeMap<String, u64>,
+    out_of_order: u64,
+    truncated: u64,
+    events_per_sec: f64,
+    median_secs: f64,
+    slowest_secs: f64,
+    pages: usize,
+    page_p50_us: Option<u64>,
+    page_p99_us: Option<u64>,
+    page_max_us: Option<u64>,
+    longest: Option<(u64, String)>,
+}
+
+impl StormFigures {
+    fn of(storm: &crate::StormResult) -> Self {
+        let mut failures = BTreeMap::new();
+        for record in &storm.records {
+            if let Some(reason) = &record.failure {
+                *failures.entry(reason.clone()).or_default() += 1;
+            }
+        }
+        let mut durations: Vec<f64> = storm.records.iter().map(|r| r.elapsed.as_secs_f64()).collect();
+        durations.sort_by(f64::total_cmp);
+        let received: u64 = storm.records.iter().map(|r| r.received).sum();
+        let pages = &storm.slowlog.pages_us;
+        let percentile = |fraction: f64| {
+            (!pages.is_empty())
+                .then(|| pages[((pages.len() as f64 * fraction) as usize).min(pages.len() - 1)])
+        };
+        Self {
+            replayers: storm.records.len(),
+            history: storm.history,
+            complete: storm.records.iter().filter(|r| r.failure.is_none()).count(),
+            failures,
+            out_of_order: storm.records.iter().map(|r| r.out_of_order).sum(),
+            truncated: storm.records.iter().map(|r| r.truncated).sum(),
+            // Over the storm: from the replays' start to the last one's end.
+            events_per_sec: received as f64 / durations.last().copied().unwrap_or(0.0).max(1e-9),
+            median_secs: durations.get(durations.len() / 2).copied().unwrap_or(0.0),
+            slowest_secs: durations.last().copied().unwrap_or(0.0),
+            pages: pages.len(),
+            page_p50_us: percentile(0.5),
+            page_p99_us: percentile(0.99),
+            page_max_us: pages.last().copied(),
+            longest: storm.slowlog.longest.clone(),
+        }
+    }
+
+    fn human(&self) -> String {
+        let us = |v: Option<u64>| v.map_or("n/a".to_string(), |v| format!("{v} us"));
+        format!(
+            "replay storm  {} of {} replays of {} events complete{}, {} out of order, {} truncated; \
+             {:.0} events/s over all, median {:.2} s, slowest {:.2} s\n\
+             redis         {} page reads: p50 {}, p99 {}, max {}; longest command {}",
+            self.complete,
+            self.replayers,
+            self.history,
+            reasons_human(&self.failures),
+            self.out_of_order,
+            self.truncated,
+            self.events_per_sec,
+            self.median_secs,
+            self.slowest_secs,
+            self.pages,
+            us(self.page_p50_us),
+            us(self.page_p99_us),
+            us(self.page_max_us),
+            self.longest
+                .as_ref()
+                .map_or("n/a".to_string(), |(us, command)| format!("{us} us ({command})")),
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "replayers": self.replayers,
+            "history_events": self.history,
+            "complete": self.complete,
+            "failure_reasons": reasons_json(&self.failures),
+            "out_of_order": self.out_of_order,
+            "truncated": self.truncated,
+            "events_per_sec": self.events_per_sec,
+            "median_secs": self.median_secs,
+            "slowest_secs": self.slowest_secs,
+            "redis_page_reads": self.pages,
+            "redis_page_p50_us": self.page_p50_us,
+            "redis_page_p99_us": self.page_p99_us,
+            "redis_page_max_us": self.page_max_us,
+            "redis_longest_us": self.longest.as_ref().map(|(us, _)| us),
+            "redis_longest_command": self.longest.as_ref().map(|(_, command)| command),
+        })
+    }
 }
