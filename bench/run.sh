@@ -3,14 +3,15 @@
 # (event-gateway, or nginx + Nchan) per run, one run at a time, and appends each run's
 # BENCH_JSON line to bench/results/<scenario>.jsonl (full output in <scenario>.log).
 #
-#   cargo build --release --bin event-gateway --bin event-gateway-bench
+#   cargo build --release --bin event-gateway --bin event-gateway-bench --bin event-gateway-pump
 #   bench/run.sh fanout50            # 3 runs (RUNS=3)
 #   RUNS=1 bench/run.sh idle10k nchan-idle10k
 #   bench/summarize.py bench/results/*.jsonl
 #
 # Scenarios: idle10k fanout50 fanout200 fanout800 filtered filtered-ops durable50 durable200
 #            durable-filtered replay-storm
-#            http50 and nchan-<same> for idle10k fanout50 fanout200 fanout800 filtered.
+#            http50 and nchan-<same> for idle10k fanout50 fanout200 fanout800 filtered;
+#            pump-<same> for fanout50 fanout200 fanout800 (the floor: event-gateway-pump, one org).
 # Never touches a shared Redis: each run starts its own redis-server on a free port. The server
 # processes measured are found from the listening port (the gateway; nginx master + workers).
 set -euo pipefail
@@ -90,6 +91,20 @@ stop_nchan() {
     rm -rf "$NCHAN_DIR"
 }
 
+# The floor: a bare socket pump (no framework, no JWT, no policy) on the first org's channel.
+start_pump() {
+    SERVER_PORT=$(free_port)
+    "$BIN_DIR/event-gateway-pump" --port "$SERVER_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+        --channel events:org:bench-o0 --lifetime 900 &
+    SERVER_PID=$!
+    wait_for 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SERVER_PORT"
+}
+
+stop_pump() {
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+}
+
 # The arguments of each scenario (the server's own flags are added by run_one).
 scenario_args() {
     case "$1" in
@@ -112,11 +127,15 @@ scenario_args() {
 
 run_one() { # run_one <scenario> <run number>
     local scenario=$1 run=$2 base=${1#nchan-} args
+    base=${base#pump-}
     args=$(scenario_args "$base")
     start_redis
     if [[ $scenario == nchan-* ]]; then
         start_nchan
         args="$args --target nchan --via nchan"
+    elif [[ $scenario == pump-* ]]; then
+        start_pump
+        args="$args --target nchan --via publish"
     else
         start_gateway
         args="$args --secret $SECRET"
@@ -127,7 +146,7 @@ run_one() { # run_one <scenario> <run number>
         --redis-url "redis://127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID" \
         --label "$scenario#$run" $args $BENCH_ARGS 2>&1 | tee -a "$OUT/$scenario.log" |
         grep '^BENCH_JSON ' | sed 's/^BENCH_JSON //' >>"$OUT/$scenario.jsonl" || true
-    if [[ $scenario == nchan-* ]]; then stop_nchan; else stop_gateway; fi
+    if [[ $scenario == nchan-* ]]; then stop_nchan; elif [[ $scenario == pump-* ]]; then stop_pump; else stop_gateway; fi
     stop_redis
 }
 

@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
+use crate::clock::unix_secs;
 use crate::event::{Event, EventId, OrgId, Priority};
 use crate::metrics::{DeliveryStats, METRICS};
 use crate::policy::Viewer;
@@ -61,7 +62,6 @@ pub struct Shard {
     stats: Arc<DeliveryStats>,
 }
 
-/// One open stream as the hub sees it.
 /// Streams that share a role and a set of orgs: the unit `GET /api/connections` counts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StreamGroup {
@@ -90,6 +90,7 @@ impl StreamGroup {
     }
 }
 
+/// One open stream as the hub sees it.
 pub struct Subscriber {
     pub id: ConnectionId,
     pub role: Box<str>,
@@ -110,12 +111,36 @@ struct Slot {
     /// A keepalive waiting to be sent.
     keepalive: Option<Bytes>,
     closing: Option<Closing>,
+    /// The stream's task, registered once and kept: waking it costs no clone.
     waker: Option<Waker>,
+    /// The task was woken and has not yet found the slot empty: more output needs no wake.
+    woken: bool,
     /// Last time (seconds since the epoch) something was queued, for keepalives.
     last_activity: u64,
     /// The stream is replaying history: durable events are not queued (the replay reads them
     /// from history), so a long replay never fills the queue. Live events still are.
     replaying: bool,
+}
+
+impl Slot {
+    /// Wakes the stream's task unless it is already due to run. Called with the slot locked:
+    /// a task's waker only schedules it, it never runs it inline.
+    fn wake(&mut self) {
+        if !self.woken {
+            if let Some(waker) = &self.waker {
+                waker.wake_by_ref();
+                self.woken = true;
+            }
+        }
+    }
+
+    /// Registers `waker` for the next output (a clone only when the task changed).
+    fn wait(&mut self, waker: &Waker) {
+        if !self.waker.as_ref().is_some_and(|known| known.will_wake(waker)) {
+            self.waker = Some(waker.clone());
+        }
+        self.woken = false;
+    }
 }
 
 /// Per org, the newest durable id a stream's replay has read: live copies of events up to it
@@ -315,6 +340,11 @@ impl Shard {
 
     /// Queues `event` for every local subscriber of its org that may see it. Returns how many.
     pub fn publish(&self, event: &Arc<Event>) -> usize {
+        self.publish_at(event, unix_secs())
+    }
+
+    /// `publish`, with the time (seconds since the epoch) the streams' activity is stamped with.
+    fn publish_at(&self, event: &Arc<Event>, now: u64) -> usize {
         let orgs = self.orgs.read();
         let Some(subscribers) = orgs.get(&event.org) else {
             return 0;
@@ -322,7 +352,7 @@ impl Shard {
         let mut recipients = 0;
         for subscriber in subscribers {
             if subscriber.viewer.may_see(event) {
-                subscriber.push(event, self.queue_capacity);
+                subscriber.push(event, self.queue_capacity, now);
                 recipients += 1;
             }
         }
@@ -353,7 +383,7 @@ impl Shard {
     /// `keepalive_frame` on streams idle for `keepalive_secs`.
     pub fn tick(&self, now: u64, keepalive_secs: u64, keepalive_frame: &Bytes, expired_frame: &Bytes) {
         for subscriber in self.subscribers() {
-            let waker = {
+            {
                 let mut slot = subscriber.slot.lock();
                 if slot.closing.is_some() {
                     continue;
@@ -366,10 +396,7 @@ impl Shard {
                 } else {
                     continue;
                 }
-                slot.waker.take()
-            };
-            if let Some(waker) = waker {
-                waker.wake();
+                slot.wake();
             }
         }
     }
@@ -407,7 +434,7 @@ impl Subscriber {
     /// Asks for `waker` to be woken by the stream's next keepalive, expiry, drain or queued
     /// event, for a stream that is waiting on something else (its replay's turn).
     pub fn park(&self, waker: &Waker) {
-        self.slot.lock().waker = Some(waker.clone());
+        self.slot.lock().wait(waker);
     }
 
     /// Whether the stream is ending (drained, expired, or cut as slow).
@@ -415,41 +442,32 @@ impl Subscriber {
         self.slot.lock().closing.is_some()
     }
 
-    fn push(&self, event: &Arc<Event>, capacity: usize) {
-        let waker = {
-            let mut slot = self.slot.lock();
-            if slot.closing.is_some() || (slot.replaying && event.id.is_some()) {
-                return;
-            }
-            if slot.normal.len() + slot.high.len() >= capacity {
-                slot.closing = Some(Closing::Slow);
-                slot.normal = VecDeque::new();
-                slot.high = VecDeque::new();
-                METRICS.slow_consumer_disconnected();
-            } else if event.priority == Priority::High {
-                let overtakes_durable = slot.normal.iter().any(|queued| queued.id.is_some());
-                slot.high.push_back((event.clone(), overtakes_durable));
-            } else {
-                slot.normal.push_back(event.clone());
-            }
-            slot.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
+    /// Queues `event` (at `now`, seconds since the epoch) and wakes the stream.
+    fn push(&self, event: &Arc<Event>, capacity: usize, now: u64) {
+        let mut slot = self.slot.lock();
+        if slot.closing.is_some() || (slot.replaying && event.id.is_some()) {
+            return;
         }
+        if slot.normal.len() + slot.high.len() >= capacity {
+            slot.closing = Some(Closing::Slow);
+            slot.normal = VecDeque::new();
+            slot.high = VecDeque::new();
+            METRICS.slow_consumer_disconnected();
+        } else if event.priority == Priority::High {
+            let overtakes_durable = slot.normal.iter().any(|queued| queued.id.is_some());
+            slot.high.push_back((event.clone(), overtakes_durable));
+        } else {
+            slot.normal.push_back(event.clone());
+        }
+        slot.last_activity = now;
+        slot.wake();
     }
 
     fn close(&self, closing: Closing) {
-        let waker = {
-            let mut slot = self.slot.lock();
-            if slot.closing.is_some() {
-                return;
-            }
+        let mut slot = self.slot.lock();
+        if slot.closing.is_none() {
             slot.closing = Some(closing);
-            slot.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
+            slot.wake();
         }
     }
 
@@ -457,7 +475,7 @@ impl Subscriber {
     /// frame), high-priority events first. Durable events the replay covered (`marks`) are
     /// skipped. What does not fit stays queued, where a later high-priority event can still
     /// overtake it and the queue's bound still counts it.
-    pub fn take(&self, waker: &Waker, marks: &ReplayMarks, now: u64) -> Output {
+    pub fn take(&self, waker: &Waker, marks: &ReplayMarks) -> Output {
         let mut slot = self.slot.lock();
         if matches!(slot.closing, Some(Closing::Slow)) {
             return Output::Ended;
@@ -519,10 +537,9 @@ impl Subscriber {
             if ended {
                 return Output::Ended;
             }
-            slot.waker = Some(waker.clone());
+            slot.wait(waker);
             return Output::Pending;
         }
-        slot.last_activity = now;
         drop(slot);
         Output::Frames {
             bytes: frames.into_bytes(),
@@ -644,11 +661,11 @@ mod tests {
         shard.publish(&event("o1", None, "normal", 2));
         let (waker, _) = noop_waker();
         assert_eq!(
-            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
+            text(subscriber.take(&waker, &ReplayMarks::default())),
             "event: a.b\ndata: {\"n\":1}\n\nevent: a.b\ndata: {\"n\":2}\n\n"
         );
         assert_eq!(
-            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
+            text(subscriber.take(&waker, &ReplayMarks::default())),
             "<pending>"
         );
     }
@@ -682,15 +699,15 @@ mod tests {
     fn a_chunk_stops_at_the_byte_budget_and_the_rest_stays_queued() {
         let (_shard, subscriber) = three_big_events_queued();
         let (waker, _) = noop_waker();
-        let first = text(subscriber.take(&waker, &ReplayMarks::default(), 0));
+        let first = text(subscriber.take(&waker, &ReplayMarks::default()));
         assert_eq!(
             frames_in(&first).len(),
             2,
             "two 40 kB frames reach the 64 kB budget"
         );
-        assert!(frames_in(&text(subscriber.take(&waker, &ReplayMarks::default(), 0)))[0].contains("\"n\":3"));
+        assert!(frames_in(&text(subscriber.take(&waker, &ReplayMarks::default())))[0].contains("\"n\":3"));
         assert_eq!(
-            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
+            text(subscriber.take(&waker, &ReplayMarks::default())),
             "<pending>"
         );
     }
@@ -699,9 +716,9 @@ mod tests {
     fn high_priority_overtakes_events_left_queued_by_a_full_chunk() {
         let (shard, subscriber) = three_big_events_queued();
         let (waker, _) = noop_waker();
-        let _ = subscriber.take(&waker, &ReplayMarks::default(), 0);
+        let _ = subscriber.take(&waker, &ReplayMarks::default());
         shard.publish(&event("o1", None, "high", 9));
-        let next = text(subscriber.take(&waker, &ReplayMarks::default(), 0));
+        let next = text(subscriber.take(&waker, &ReplayMarks::default()));
         assert_eq!(frames_in(&next)[0], "event: a.b\ndata: {\"n\":9}");
         assert!(frames_in(&next)[1].contains("\"n\":3"));
     }
@@ -711,14 +728,11 @@ mod tests {
         let (shard, subscriber) = three_big_events_queued();
         shard.close_all(|| Bytes::from_static(b"bye\n\n"));
         let (waker, _) = noop_waker();
-        let _ = subscriber.take(&waker, &ReplayMarks::default(), 0);
-        let last = text(subscriber.take(&waker, &ReplayMarks::default(), 0));
+        let _ = subscriber.take(&waker, &ReplayMarks::default());
+        let last = text(subscriber.take(&waker, &ReplayMarks::default()));
         assert_eq!(frames_in(&last).len(), 2);
         assert!(last.ends_with("bye\n\n"));
-        assert_eq!(
-            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
-            "<ended>"
-        );
+        assert_eq!(text(subscriber.take(&waker, &ReplayMarks::default())), "<ended>");
     }
 
     #[test]
@@ -728,7 +742,7 @@ mod tests {
         assert_eq!(shard.publish(&event("o2", None, "normal", 1)), 0);
         let (waker, _) = noop_waker();
         assert_eq!(
-            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
+            text(subscriber.take(&waker, &ReplayMarks::default())),
             "<pending>"
         );
     }
@@ -741,10 +755,7 @@ mod tests {
             shard.publish(&event("o1", None, "normal", n));
         }
         let (waker, _) = noop_waker();
-        assert_eq!(
-            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
-            "<ended>"
-        );
+        assert_eq!(text(subscriber.take(&waker, &ReplayMarks::default())), "<ended>");
     }
 
     #[test]
@@ -753,11 +764,43 @@ mod tests {
         let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
         let (waker, counter) = noop_waker();
         assert_eq!(
-            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
+            text(subscriber.take(&waker, &ReplayMarks::default())),
             "<pending>"
         );
         shard.publish(&event("o1", None, "normal", 1));
         assert_eq!(counter.0.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_woken_stream_is_woken_again_only_after_it_found_nothing_left() {
+        let shard = Shard::detached(8);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
+        let (waker, counter) = noop_waker();
+        let _ = subscriber.take(&waker, &ReplayMarks::default());
+        shard.publish(&event("o1", None, "normal", 1));
+        shard.publish(&event("o1", None, "normal", 2));
+        assert_eq!(
+            counter.0.load(Ordering::Relaxed),
+            1,
+            "one wake for what queued meanwhile"
+        );
+        let _ = subscriber.take(&waker, &ReplayMarks::default());
+        shard.publish(&event("o1", None, "normal", 3));
+        assert_eq!(
+            counter.0.load(Ordering::Relaxed),
+            1,
+            "still due to run: it has not found the slot empty"
+        );
+        assert_eq!(
+            text(subscriber.take(&waker, &ReplayMarks::default())),
+            "event: a.b\ndata: {\"n\":3}\n\n"
+        );
+        assert_eq!(
+            text(subscriber.take(&waker, &ReplayMarks::default())),
+            "<pending>"
+        );
+        shard.publish(&event("o1", None, "normal", 4));
+        assert_eq!(counter.0.load(Ordering::Relaxed), 2);
     }
 
     #[test]
@@ -768,7 +811,7 @@ mod tests {
         shard.publish(&event("o1", Some(2), "high", 2));
         let (waker, _) = noop_waker();
         assert_eq!(
-            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
+            text(subscriber.take(&waker, &ReplayMarks::default())),
             "event: a.b\ndata: {\"n\":2}\n\nid: 1-1\nevent: a.b\ndata: {\"n\":1}\n\n"
         );
     }
@@ -780,7 +823,7 @@ mod tests {
         shard.publish(&event("o1", Some(2), "high", 2));
         let (waker, _) = noop_waker();
         assert_eq!(
-            text(subscriber.take(&waker, &ReplayMarks::default(), 0)),
+            text(subscriber.take(&waker, &ReplayMarks::default())),
             "id: 1-2\nevent: a.b\ndata: {\"n\":2}\n\n"
         );
     }
@@ -795,7 +838,7 @@ mod tests {
         let mut marks = ReplayMarks::default();
         marks.raise(&OrgId::parse("o1").expect("valid"), EventId { millis: 1, seq: 1 });
         assert_eq!(
-            text(subscriber.take(&waker, &marks, 0)),
+            text(subscriber.take(&waker, &marks)),
             "id: 1-2\nevent: a.b\ndata: {\"n\":2}\n\n"
         );
     }
@@ -836,7 +879,7 @@ mod tests {
         subscriber.stop_replaying();
         shard.publish(&event("o1", Some(3), "normal", 3));
         let (waker, _) = noop_waker();
-        let frames = frames_in(&text(subscriber.take(&waker, &ReplayMarks::default(), 0)));
+        let frames = frames_in(&text(subscriber.take(&waker, &ReplayMarks::default())));
         assert_eq!(frames.len(), 2, "{frames:?}");
         assert!(
             frames[0].contains("\"n\":2") && frames[1].contains("\"n\":3"),
@@ -853,18 +896,15 @@ mod tests {
         shard.tick(99, 1000, &keepalive, &expired);
         let (waker, _) = noop_waker();
         assert_eq!(
-            text(subscriber.take(&waker, &ReplayMarks::default(), 99)),
+            text(subscriber.take(&waker, &ReplayMarks::default())),
             "<pending>"
         );
         shard.tick(100, 1000, &keepalive, &expired);
         assert_eq!(
-            text(subscriber.take(&waker, &ReplayMarks::default(), 100)),
+            text(subscriber.take(&waker, &ReplayMarks::default())),
             "expired\n\n"
         );
-        assert_eq!(
-            text(subscriber.take(&waker, &ReplayMarks::default(), 100)),
-            "<ended>"
-        );
+        assert_eq!(text(subscriber.take(&waker, &ReplayMarks::default())), "<ended>");
     }
 
     #[test]
@@ -874,18 +914,15 @@ mod tests {
         let keepalive = Bytes::from_static(b"ka\n\n");
         let expired = Bytes::from_static(b"expired\n\n");
         let (waker, _) = noop_waker();
-        shard.publish(&event("o1", None, "normal", 1));
-        let _ = subscriber.take(&waker, &ReplayMarks::default(), 10);
+        shard.publish_at(&event("o1", None, "normal", 1), 10);
+        let _ = subscriber.take(&waker, &ReplayMarks::default());
         shard.tick(14, 5, &keepalive, &expired);
         assert_eq!(
-            text(subscriber.take(&waker, &ReplayMarks::default(), 14)),
+            text(subscriber.take(&waker, &ReplayMarks::default())),
             "<pending>"
         );
         shard.tick(15, 5, &keepalive, &expired);
-        assert_eq!(
-            text(subscriber.take(&waker, &ReplayMarks::default(), 15)),
-            "ka\n\n"
-        );
+        assert_eq!(text(subscriber.take(&waker, &ReplayMarks::default())), "ka\n\n");
     }
 
     #[test]

@@ -292,7 +292,7 @@ impl<F: Framing> Session<F> {
                 }
             }
         }
-        match self.subscriber.take(cx.waker(), &self.marks, unix_secs()) {
+        match self.subscriber.take(cx.waker(), &self.marks) {
             Output::Frames {
                 bytes,
                 events,

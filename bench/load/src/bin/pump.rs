@@ -11,6 +11,7 @@
 //!   event-gateway-bench --url http://127.0.0.1:8090 --target nchan --via publish ...
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
 use std::rc::Rc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use futures_util::StreamExt;
+use serde_json::value::RawValue;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -51,16 +53,17 @@ fn chunk(frame: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The SSE frame of an envelope: its `type` as the event name, its `data` as the data line.
+/// The SSE frame of an envelope: its `type` as the event name, its `data` as the data line
+/// (the bytes as published, so that the load generator finds its `{"seq":N,"ts":T` prefix).
 fn frame(envelope: &[u8]) -> Option<Vec<u8>> {
-    let value: serde_json::Value = serde_json::from_slice(envelope).ok()?;
-    let name = value.get("type")?.as_str()?;
-    let data = serde_json::to_vec(value.get("data")?).ok()?;
+    let fields: HashMap<String, Box<RawValue>> = serde_json::from_slice(envelope).ok()?;
+    let name: String = serde_json::from_str(fields.get("type")?.get()).ok()?;
+    let data = fields.get("data")?.get();
     let mut out = Vec::with_capacity(data.len() + name.len() + 16);
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(&data);
+    out.extend_from_slice(data.as_bytes());
     out.extend_from_slice(b"\n\n");
     Some(out)
 }

@@ -55,7 +55,50 @@ fn initial_buffer() -> BytesMut {
 /// Gives an empty buffer's allocation back when idle buffers are released.
 fn release_if_empty(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > 0 && super::release_idle_buffers() {
-        *buf = BytesMut::new();
+        spare::give_back(mem::take(buf));
+    }
+}
+
+/// When idle buffers are released, a connection borrows a buffer for the moment it reads or
+/// writes and gives it back when it is empty again. The buffers come from a few kept per
+/// thread, so a thread serving many mostly idle connections allocates none per read or write:
+/// one buffer serves every connection the thread wakes in turn.
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::HW_BUFFER_SIZE;
+
+    /// Buffers kept per thread.
+    const KEPT: usize = 4;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer of at least `HW_BUFFER_SIZE` bytes.
+    pub(super) fn take() -> BytesMut {
+        SPARE
+            .try_with(|spare| spare.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| BytesMut::with_capacity(HW_BUFFER_SIZE))
+    }
+
+    /// Keeps `buf` for the next `take` if it is empty and of the usual size; drops it otherwise
+    /// (a buffer that grew for a large response is not kept).
+    pub(super) fn give_back(mut buf: BytesMut) {
+        buf.clear();
+        if !(HW_BUFFER_SIZE..=2 * HW_BUFFER_SIZE).contains(&buf.capacity()) {
+            return;
+        }
+        let _ = SPARE.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < KEPT {
+                spare.push(buf);
+            }
+        });
     }
 }
 
@@ -415,7 +458,9 @@ where
 
         // All bytes have been accepted by the I/O stream, so the buffer can be reused or released.
         if super::release_idle_buffers() {
-            *write_buf = BytesMut::new();
+            if write_buf.capacity() > 0 {
+                spare::give_back(mem::take(write_buf));
+            }
             *write_buf_needs_reset = false;
         } else if *write_buf_needs_reset {
             *write_buf = BytesMut::with_capacity(HW_BUFFER_SIZE);
@@ -706,6 +751,9 @@ where
                     while this.write_buf.len() < *this.h1_write_buffer_size {
                         match body.as_mut().poll_next(cx) {
                             Poll::Ready(Some(Ok(item))) => {
+                                if this.write_buf.capacity() == 0 && super::release_idle_buffers() {
+                                    *this.write_buf = spare::take();
+                                }
                                 this.codec
                                     .encode(Message::Chunk(Some(item)), this.write_buf)?;
                             }
@@ -1255,7 +1303,9 @@ where
 
             // grow buffer if necessary.
             let remaining = this.read_buf.capacity() - this.read_buf.len();
-            if remaining < LW_BUFFER_SIZE {
+            if this.read_buf.capacity() == 0 && super::release_idle_buffers() {
+                *this.read_buf = spare::take();
+            } else if remaining < LW_BUFFER_SIZE {
                 this.read_buf.reserve(HW_BUFFER_SIZE - remaining);
             }
 

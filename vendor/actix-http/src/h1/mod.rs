@@ -25,8 +25,8 @@ static RELEASE_IDLE_BUFFERS: AtomicBool = AtomicBool::new(false);
 ///
 /// Long-lived streaming responses (Server-Sent Events, long polling) hold a connection for
 /// hours while writing little: with this set, an idle connection costs ~3.5 KB instead of
-/// ~12 KB. The price is one allocation per read and per flush. Off by default; set it once,
-/// before the server starts.
+/// ~12 KB. Connections borrow a buffer for each read and write from a few kept per thread, so
+/// this costs no allocation per write. Off by default; set it once, before the server starts.
 pub fn set_release_idle_buffers(release: bool) {
     RELEASE_IDLE_BUFFERS.store(release, Ordering::Relaxed);
 }
