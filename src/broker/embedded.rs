@@ -17,7 +17,8 @@ pub struct EmbeddedBroker {
     /// Ids, history and dispatch change under this one lock, so every connection sees events in
     /// id order and a replay snapshot is consistent with what is dispatched after it.
     state: Mutex<State>,
-    acks: Mutex<HashMap<String, EventId>>,
+    /// Per user, the acknowledged position in each org.
+    acks: Mutex<HashMap<String, HashMap<OrgId, EventId>>>,
     retention_millis: u64,
     max_events_per_org: usize,
 }
@@ -120,12 +121,22 @@ impl EmbeddedBroker {
         self.state.lock().last_id
     }
 
-    pub fn save_ack(&self, user: &str, id: EventId) {
-        self.acks.lock().insert(user.to_string(), id);
+    pub fn save_ack(&self, user: &str, orgs: &[OrgId], id: EventId) {
+        let mut acks = self.acks.lock();
+        let positions = acks.entry(user.to_string()).or_default();
+        for org in orgs {
+            positions.insert(org.clone(), id);
+        }
     }
 
-    pub fn load_ack(&self, user: &str) -> Option<EventId> {
-        self.acks.lock().get(user).copied()
+    pub fn load_acks(&self, user: &str, orgs: &[OrgId]) -> Vec<(OrgId, EventId)> {
+        let acks = self.acks.lock();
+        let Some(positions) = acks.get(user) else {
+            return Vec::new();
+        };
+        orgs.iter()
+            .filter_map(|org| Some((org.clone(), *positions.get(org)?)))
+            .collect()
     }
 }
 
@@ -211,8 +222,28 @@ mod tests {
     fn acks_are_kept_per_user() {
         let broker = broker(2);
         let id = EventId { millis: 5, seq: 0 };
-        broker.save_ack("u1", id);
-        assert_eq!(broker.load_ack("u1"), Some(id));
-        assert_eq!(broker.load_ack("u2"), None);
+        let a = OrgId::parse("a").expect("valid");
+        broker.save_ack("u1", std::slice::from_ref(&a), id);
+        assert_eq!(
+            broker.load_acks("u1", std::slice::from_ref(&a)),
+            vec![(a.clone(), id)]
+        );
+        assert_eq!(broker.load_acks("u2", std::slice::from_ref(&a)), vec![]);
+    }
+
+    #[test]
+    fn an_ack_moves_only_the_orgs_it_names() {
+        let broker = broker(2);
+        let (a, b) = (
+            OrgId::parse("a").expect("valid"),
+            OrgId::parse("b").expect("valid"),
+        );
+        let (early, late) = (EventId { millis: 5, seq: 0 }, EventId { millis: 9, seq: 0 });
+        broker.save_ack("u1", &[a.clone(), b.clone()], early);
+        broker.save_ack("u1", std::slice::from_ref(&b), late);
+        assert_eq!(
+            broker.load_acks("u1", &[a.clone(), b.clone()]),
+            vec![(a, early), (b, late)]
+        );
     }
 }

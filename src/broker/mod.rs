@@ -237,22 +237,23 @@ impl Broker {
         Ok(last.is_some_and(|last| id <= last))
     }
 
-    /// Stores a user's acknowledged cursor.
-    pub async fn save_ack(&self, user: &str, id: EventId) -> Result<(), BrokerError> {
+    /// Stores a user's acknowledged position `id` for each of `orgs` (the orgs of the token
+    /// that acknowledged it); the user's positions in other orgs are left as they were.
+    pub async fn save_ack(&self, user: &str, orgs: &[OrgId], id: EventId) -> Result<(), BrokerError> {
         match self {
-            Self::Redis(redis) => redis.save_ack(user, id).await,
+            Self::Redis(redis) => redis.save_ack(user, orgs, id).await,
             Self::Embedded(embedded) => {
-                embedded.save_ack(user, id);
+                embedded.save_ack(user, orgs, id);
                 Ok(())
             }
         }
     }
 
-    /// A user's acknowledged cursor, if any.
-    pub async fn load_ack(&self, user: &str) -> Result<Option<EventId>, BrokerError> {
+    /// A user's acknowledged positions in those of `orgs` that have one.
+    pub async fn load_acks(&self, user: &str, orgs: &[OrgId]) -> Result<Vec<(OrgId, EventId)>, BrokerError> {
         match self {
-            Self::Redis(redis) => redis.load_ack(user).await,
-            Self::Embedded(embedded) => Ok(embedded.load_ack(user)),
+            Self::Redis(redis) => redis.load_acks(user, orgs).await,
+            Self::Embedded(embedded) => Ok(embedded.load_acks(user, orgs)),
         }
     }
 }

@@ -281,23 +281,59 @@ impl RedisBroker {
         Ok(millis.zip(seq).map(|(millis, seq)| EventId { millis, seq }))
     }
 
-    pub async fn save_ack(&self, user: &str, id: EventId) -> Result<(), BrokerError> {
+    pub async fn save_ack(&self, user: &str, orgs: &[OrgId], id: EventId) -> Result<(), BrokerError> {
+        let key = ack_key(user);
+        let id = id.to_string();
+        let fields: Vec<(&str, &str)> = orgs.iter().map(|org| (org.as_str(), id.as_str())).collect();
         let mut connection = self.pool.get().await.map_err(unavailable)?;
-        connection
-            .set_ex::<_, _, ()>(ack_key(user), id.to_string(), self.history.ack_ttl_secs)
+        redis::pipe()
+            .atomic()
+            .hset_multiple(&key, &fields)
+            .ignore()
+            .expire(&key, self.history.ack_ttl_secs as i64)
+            .ignore()
+            .query_async::<()>(&mut *connection)
             .await
             .map_err(command_error)
     }
 
-    pub async fn load_ack(&self, user: &str) -> Result<Option<EventId>, BrokerError> {
+    pub async fn load_acks(&self, user: &str, orgs: &[OrgId]) -> Result<Vec<(OrgId, EventId)>, BrokerError> {
+        if orgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<&str> = orgs.iter().map(OrgId::as_str).collect();
         let mut connection = self.pool.get().await.map_err(unavailable)?;
-        let raw: Option<String> = connection.get(ack_key(user)).await.map_err(command_error)?;
-        Ok(raw.and_then(|raw| raw.parse().ok()))
+        let (raw, legacy): (Vec<Option<String>>, Option<String>) = redis::pipe()
+            .cmd("HMGET")
+            .arg(ack_key(user))
+            .arg(&names)
+            .get(legacy_ack_key(user))
+            .query_async(&mut *connection)
+            .await
+            .map_err(command_error)?;
+        let acks: Vec<(OrgId, EventId)> = orgs
+            .iter()
+            .zip(raw)
+            .filter_map(|(org, raw)| Some((org.clone(), raw?.parse().ok()?)))
+            .collect();
+        // A position stored by an earlier version (one id for all the user's orgs) still
+        // resumes every org until the user acknowledges again.
+        match legacy.and_then(|raw| raw.parse::<EventId>().ok()) {
+            Some(id) if acks.is_empty() => Ok(orgs.iter().map(|org| (org.clone(), id)).collect()),
+            _ => Ok(acks),
+        }
     }
 }
 
-fn ack_key(user: &str) -> String {
+/// Where versions before per-org positions stored a user's one acknowledged id.
+fn legacy_ack_key(user: &str) -> String {
     format!("events:ack:{user}")
+}
+
+/// A user's acknowledged positions: a hash of org -> id, tagged by user so that it lives on
+/// one node of a cluster.
+fn ack_key(user: &str) -> String {
+    format!("events:acks:{{{user}}}")
 }
 
 /// One org's part of a page: org, max deleted id, oldest kept id, entries.

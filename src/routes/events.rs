@@ -177,7 +177,7 @@ pub async fn acknowledge(
             format!("{id} is not an id this gateway's history has issued"),
         ));
     }
-    state.broker.save_ack(&claims.sub, id).await?;
+    state.broker.save_ack(&claims.sub, &claims.orgs, id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

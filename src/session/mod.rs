@@ -15,8 +15,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::replay::PagedReplay;
 use crate::auth::Claims;
-use crate::broker::{Broker, BrokerError, Lease, Page, Permit, Registry, ReplayFrom, Truncation};
-use crate::clock::unix_secs;
+use crate::broker::{Broker, BrokerError, Lease, OrgCursor, Page, Permit, Registry, ReplayFrom, Truncation};
+use crate::clock::{unix_millis, unix_secs};
 use crate::event::{Event, EventId};
 use crate::hub::{Output, ReplayMarks, Shard, Subscriber};
 use crate::limits::{RateLimiter, StreamSlot, StreamSlots};
@@ -127,6 +127,43 @@ impl Sessions {
         }
     }
 
+    /// Where each org of the token starts replaying, or `None` for a live-only stream.
+    /// `since=ack` starts each org from the user's position in it; an org the user never
+    /// acknowledged starts now (what is published from here on), and a user with no position
+    /// in any of the token's orgs gets a live-only stream.
+    async fn start_cursors(
+        &self,
+        claims: &Claims,
+        start: Start,
+    ) -> Result<Option<Vec<OrgCursor>>, SessionError> {
+        let every_org = |from: ReplayFrom| {
+            let cursors = claims.orgs.iter().map(|org| OrgCursor {
+                org: org.clone(),
+                from,
+            });
+            Some(cursors.collect())
+        };
+        Ok(match start {
+            Start::After(id) => every_org(ReplayFrom::After(id)),
+            Start::Since(millis) => every_org(ReplayFrom::Since(millis)),
+            Start::Ack => {
+                let acks = self.broker.load_acks(&claims.sub, &claims.orgs).await?;
+                if acks.is_empty() {
+                    return Ok(None);
+                }
+                let now = ReplayFrom::Since(unix_millis());
+                let cursors = claims.orgs.iter().map(|org| {
+                    let acked = acks.iter().find(|(acked, _)| acked == org);
+                    OrgCursor {
+                        org: org.clone(),
+                        from: acked.map_or(now, |(_, id)| ReplayFrom::After(*id)),
+                    }
+                });
+                Some(cursors.collect())
+            }
+        })
+    }
+
     /// Opens a stream for `claims` on this worker's `shard`. Once this returns, every event of
     /// the token's orgs that this replica receives reaches the session (queued, or read by its
     /// replay), so nothing published after the opening is sent can be missed.
@@ -147,10 +184,8 @@ impl Sessions {
         if !self.user_rate.allow(&claims.sub, now) {
             return Err(SessionError::UserRateLimited(self.settings.connect_rate_per_user));
         }
-        let from = match request.start {
-            Some(Start::After(id)) => Some(ReplayFrom::After(id)),
-            Some(Start::Since(millis)) => Some(ReplayFrom::Since(millis)),
-            Some(Start::Ack) => self.broker.load_ack(&claims.sub).await?.map(ReplayFrom::After),
+        let cursors = match request.start {
+            Some(start) => self.start_cursors(claims, start).await?,
             None => None,
         };
         let max_per_user = self.settings.max_connections_per_user;
@@ -162,7 +197,7 @@ impl Sessions {
         // Registered before subscribing: whatever reaches this replica from the moment Redis
         // confirms the subscription is queued for this stream (or, while it replays, read from
         // history).
-        let subscriber = shard.register(viewer, &claims.role, claims.exp, now, from.is_some());
+        let subscriber = shard.register(viewer, &claims.role, claims.exp, now, cursors.is_some());
         let registration = Registration {
             shard,
             subscriber: subscriber.clone(),
@@ -176,11 +211,10 @@ impl Sessions {
             replica: self.settings.replica_name.clone(),
             keepalive_secs: self.settings.keepalive_secs,
         };
-        let replay = from.map(|from| {
+        let replay = cursors.map(|cursors| {
             Box::new(ReplayDriver {
                 paged: PagedReplay::new(
-                    &claims.orgs,
-                    from,
+                    cursors,
                     self.settings.replay_page_events,
                     self.settings.replay_page_bytes,
                 ),

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::broker::{OrgCursor, Page, ReplayFrom, Truncation, TruncationReason};
-use crate::event::{Event, EventId, OrgId};
+use crate::event::{Event, EventId};
 use crate::hub::ReplayMarks;
 
 /// One org's part of a replay.
@@ -20,8 +20,6 @@ struct OrgReplay {
 
 pub struct PagedReplay {
     orgs: Vec<OrgReplay>,
-    /// Where the client asked to start (before a reset).
-    start: ReplayFrom,
     /// Whether the first page (which checks the start) has been absorbed.
     started: bool,
     /// Events the next page may hold across the orgs it reads: sized so that a page holds
@@ -35,35 +33,38 @@ pub struct PagedReplay {
 }
 
 impl PagedReplay {
-    /// A replay of `orgs` from `start`, reading pages of about `page_bytes` and at most
-    /// `max_page_events` events.
-    pub fn new(orgs: &[OrgId], start: ReplayFrom, max_page_events: usize, page_bytes: usize) -> Self {
-        let orgs: Vec<OrgReplay> = orgs
-            .iter()
-            .map(|org| OrgReplay {
-                cursor: OrgCursor {
-                    org: org.clone(),
-                    from: start,
-                },
+    /// A replay of each org from its own cursor, reading pages of about `page_bytes` and at
+    /// most `max_page_events` events.
+    pub fn new(cursors: Vec<OrgCursor>, max_page_events: usize, page_bytes: usize) -> Self {
+        let orgs: Vec<OrgReplay> = cursors
+            .into_iter()
+            .map(|cursor| OrgReplay {
+                cursor,
                 buffered: VecDeque::new(),
                 exhausted: false,
             })
             .collect();
-        let mut marks = ReplayMarks::default();
-        if let ReplayFrom::After(after) = start {
-            for org in orgs_of(&orgs) {
-                marks.raise(org, after);
-            }
-        }
-        Self {
+        let mut replay = Self {
             orgs,
-            start,
             started: false,
             // The first page is small: it also checks the start.
             page_events: max_page_events.clamp(1, 16),
             max_page_events: max_page_events.max(1),
             page_bytes: page_bytes.max(1),
-            marks,
+            marks: ReplayMarks::default(),
+        };
+        replay.mark_starts();
+        replay
+    }
+
+    /// Raises every org's mark to the position it starts after: live copies of older events
+    /// were sent before this stream.
+    fn mark_starts(&mut self) {
+        self.marks = ReplayMarks::default();
+        for org in &self.orgs {
+            if let ReplayFrom::After(after) = org.cursor.from {
+                self.marks.raise(&org.cursor.org, after);
+            }
         }
     }
 
@@ -87,18 +88,26 @@ impl PagedReplay {
     pub fn absorb(&mut self, page: Page) -> Option<Truncation> {
         if !self.started {
             self.started = true;
-            if let ReplayFrom::After(after) = self.start {
-                if page.last_issued.is_none_or(|last| after > last) {
-                    let oldest_id = page.orgs.iter().filter_map(|org| org.oldest_kept).min();
-                    self.marks = ReplayMarks::default();
-                    for org in &mut self.orgs {
-                        org.cursor.from = ReplayFrom::Since(0);
-                    }
-                    return Some(Truncation {
-                        oldest_id,
-                        reason: TruncationReason::Reset,
-                    });
+            // A start after the newest id ever issued is a position this history never had:
+            // those orgs replay everything kept, and the client is told.
+            let unknown = |from: ReplayFrom| match from {
+                ReplayFrom::After(after) => page.last_issued.is_none_or(|last| after > last),
+                ReplayFrom::Since(_) => false,
+            };
+            let mut reset = false;
+            for org in &mut self.orgs {
+                if unknown(org.cursor.from) {
+                    org.cursor.from = ReplayFrom::Since(0);
+                    reset = true;
                 }
+            }
+            if reset {
+                self.mark_starts();
+                let oldest_id = page.orgs.iter().filter_map(|org| org.oldest_kept).min();
+                return Some(Truncation {
+                    oldest_id,
+                    reason: TruncationReason::Reset,
+                });
             }
         }
         let (events, bytes) = page
@@ -171,15 +180,11 @@ impl PagedReplay {
     }
 }
 
-fn orgs_of(orgs: &[OrgReplay]) -> impl Iterator<Item = &OrgId> {
-    orgs.iter().map(|org| &org.cursor.org)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::broker::OrgPage;
-    use crate::event::Envelope;
+    use crate::event::{Envelope, OrgId};
 
     fn org(name: &str) -> OrgId {
         OrgId::parse(name).expect("valid")
@@ -212,6 +217,15 @@ mod tests {
         }
     }
 
+    /// A replay of `orgs`, all from `from`.
+    fn replay_of(orgs: &[&str], from: ReplayFrom, max_page_events: usize, page_bytes: usize) -> PagedReplay {
+        let cursors = orgs
+            .iter()
+            .map(|name| OrgCursor { org: org(name), from })
+            .collect();
+        PagedReplay::new(cursors, max_page_events, page_bytes)
+    }
+
     fn drain(replay: &mut PagedReplay) -> Vec<u64> {
         std::iter::from_fn(|| replay.next_ready())
             .filter_map(|event| event.id)
@@ -221,7 +235,7 @@ mod tests {
 
     #[test]
     fn orgs_are_merged_in_id_order_and_wait_for_an_org_that_may_hold_older_events() {
-        let mut replay = PagedReplay::new(&[org("a"), org("b")], ReplayFrom::Since(0), 4, 1 << 20);
+        let mut replay = replay_of(&["a", "b"], ReplayFrom::Since(0), 4, 1 << 20);
         let (cursors, per_org) = replay.wanted();
         assert_eq!((cursors.len(), per_org), (2, 2));
         replay.absorb(page(
@@ -247,8 +261,8 @@ mod tests {
     }
 
     #[test]
-    fn a_start_never_issued_restarts_every_org_from_the_oldest_kept_with_a_reset_notice() {
-        let mut replay = PagedReplay::new(&[org("a")], ReplayFrom::After(id(50)), 8, 1 << 20);
+    fn a_start_never_issued_restarts_that_org_from_the_oldest_kept_with_a_reset_notice() {
+        let mut replay = replay_of(&["a"], ReplayFrom::After(id(50)), 8, 1 << 20);
         let notice = replay.absorb(page(vec![org_page("a", &[], true)], 9));
         assert_eq!(notice.map(|n| n.reason), Some(TruncationReason::Reset));
         let (cursors, _) = replay.wanted();
@@ -260,8 +274,35 @@ mod tests {
     }
 
     #[test]
+    fn an_org_whose_start_was_issued_keeps_it_when_another_org_is_reset() {
+        let cursors = vec![
+            OrgCursor {
+                org: org("a"),
+                from: ReplayFrom::After(id(5)),
+            },
+            OrgCursor {
+                org: org("b"),
+                from: ReplayFrom::After(id(50)),
+            },
+        ];
+        let mut replay = PagedReplay::new(cursors, 8, 1 << 20);
+        let notice = replay.absorb(page(vec![org_page("a", &[], true), org_page("b", &[], true)], 9));
+        assert_eq!(notice.map(|n| n.reason), Some(TruncationReason::Reset));
+        let (cursors, _) = replay.wanted();
+        let from = |name: &str| cursors.iter().find(|c| c.org == org(name)).map(|c| c.from);
+        assert_eq!(
+            (from("a"), from("b")),
+            (Some(ReplayFrom::After(id(5))), Some(ReplayFrom::Since(0)))
+        );
+        assert!(
+            replay.marks().covers(&event("a", 5)),
+            "a's start still marks what it had"
+        );
+    }
+
+    #[test]
     fn the_marks_cover_what_was_read_per_org() {
-        let mut replay = PagedReplay::new(&[org("a"), org("b")], ReplayFrom::After(id(1)), 8, 1 << 20);
+        let mut replay = replay_of(&["a", "b"], ReplayFrom::After(id(1)), 8, 1 << 20);
         replay.absorb(page(vec![org_page("a", &[3], true), org_page("b", &[], true)], 9));
         assert!(replay.marks().covers(&event("a", 3)));
         assert!(!replay.marks().covers(&event("a", 4)));
@@ -274,7 +315,7 @@ mod tests {
 
     #[test]
     fn pages_are_sized_to_the_byte_budget_by_the_events_seen() {
-        let mut replay = PagedReplay::new(&[org("a")], ReplayFrom::Since(0), 1000, 10 * 1024);
+        let mut replay = replay_of(&["a"], ReplayFrom::Since(0), 1000, 10 * 1024);
         assert_eq!(replay.wanted().1, 16, "a small first page");
         let frame_len = event("a", 1).frame().len();
         replay.absorb(page(vec![org_page("a", &[1, 2, 3, 4], false)], 9));
@@ -288,7 +329,7 @@ mod tests {
 
     #[test]
     fn reading_the_tail_asks_every_org_again() {
-        let mut replay = PagedReplay::new(&[org("a"), org("b")], ReplayFrom::Since(0), 8, 1 << 20);
+        let mut replay = replay_of(&["a", "b"], ReplayFrom::Since(0), 8, 1 << 20);
         replay.absorb(page(
             vec![org_page("a", &[1], true), org_page("b", &[2], true)],
             9,

@@ -240,6 +240,61 @@ async fn since_ack_replays_from_the_acknowledged_cursor() {
     assert_eq!(olivia.labels_until("control").await, ["e3"]);
 }
 
+/// Acknowledges `id` with `token` and asserts `204`.
+async fn acknowledge(app: &TestApp, token: &str, id: &str) {
+    let ack = send(
+        app.http()
+            .post(app.url("/api/events/ack"))
+            .bearer_auth(token)
+            .json(&json!({"lastEventId": id})),
+    )
+    .await;
+    assert_eq!(ack.status(), StatusCode::NO_CONTENT, "POST /api/events/ack");
+}
+
+#[tokio::test]
+async fn an_ack_in_one_org_leaves_the_users_position_in_another_org_where_it_was() {
+    let app = spawn_app().await;
+    let org_1 = app.publish_durable(&tickets(&["a1", "a2"])).await;
+    acknowledge(&app, &ops("olivia", ORG), &org_1[0]).await;
+    let org_2 = app
+        .publish_durable(&[envelope("org-2", TICKET, "b1").into()])
+        .await;
+    acknowledge(&app, &ops("olivia", "org-2"), &org_2[0]).await;
+    app.publish_durable(&tickets(&["control"])).await;
+    let mut olivia = app.connect_ready(&ops("olivia", ORG), "since=ack").await;
+    assert_eq!(olivia.labels_until("control").await, ["a2"]);
+}
+
+#[tokio::test]
+async fn since_ack_resumes_each_org_of_a_token_from_its_own_position() {
+    let app = spawn_app().await;
+    let both = TokenBuilder::new("olivia", "ops").org(ORG).org("org-2").sign();
+    let org_1 = app.publish_durable(&tickets(&["a1", "a2"])).await;
+    acknowledge(&app, &ops("olivia", ORG), &org_1[0]).await;
+    let org_2 = app
+        .publish_durable(&[
+            envelope("org-2", TICKET, "b1").into(),
+            envelope("org-2", TICKET, "b2").into(),
+        ])
+        .await;
+    acknowledge(&app, &ops("olivia", "org-2"), &org_2[0]).await;
+    app.publish_durable(&tickets(&["control"])).await;
+    let mut olivia = app.connect_ready(&both, "since=ack").await;
+    assert_eq!(olivia.labels_until("control").await, ["a2", "b2"]);
+}
+
+#[tokio::test]
+async fn a_position_stored_before_per_org_positions_still_resumes_since_ack() {
+    let app = spawn_app().await;
+    let ids = app.publish_durable(&tickets(&["e1", "e2", "control"])).await;
+    app.redis_command(redis::cmd("SET").arg("events:ack:olivia").arg(&ids[0]))
+        .await
+        .expect("SET the earlier versions' key");
+    let mut olivia = app.connect_ready(&ops("olivia", ORG), "since=ack").await;
+    assert_eq!(olivia.labels_until("control").await, ["e2"]);
+}
+
 #[tokio::test]
 async fn id_older_than_retained_history_gets_history_truncated_before_the_rest() {
     let app = spawn_app_with(|options| options.env("GATEWAY__HISTORY__MAX_EVENTS_PER_ORG", "3")).await;
