@@ -2,7 +2,8 @@
 -- event-gateway's Redis Functions, loaded by every replica at start-up and whenever it finds
 -- them missing or different (FUNCTION LOAD REPLACE). The limits below are filled in from the configuration.
 --
---   FCALL event_gateway_publish 0 <org> <envelope-json>   -> event id
+--   FCALL event_gateway_publish 1 <org> <envelope-json>   -> event id (or 0 keys, the org as
+--                                                            the first argument)
 --   FCALL_RO event_gateway_page 0 <count> <org> <start> [<org> <start> ...]
 --   FCALL_RO event_gateway_version 0                         -> digest of this library
 --
@@ -140,8 +141,15 @@ local function trim(org, stream, now_ms)
   end
 end
 
+-- FCALL event_gateway_publish 1 <org> <envelope>  (the org as the key: cluster clients route
+-- the call to the org's node) or, the original form, FCALL event_gateway_publish 0 <org> <envelope>.
 local function publish(keys, args)
   local org, payload = args[1], args[2]
+  if #keys == 1 then
+    org, payload = keys[1], args[1]
+  elseif #keys > 1 then
+    return redis.error_reply('ERR event_gateway_publish takes 1 key (the org) or 0 keys')
+  end
   if not valid_org(org) then
     return redis.error_reply('ERR invalid org id: must be 1 to 64 characters of A-Z, a-z, 0-9, _ or -')
   end

@@ -241,7 +241,7 @@ impl RedisBroker {
             pipeline
                 .cmd("FCALL")
                 .arg("event_gateway_publish")
-                .arg(0)
+                .arg(1)
                 .arg(item.org.as_str())
                 .arg(&item.raw);
         }

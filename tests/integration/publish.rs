@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::common::envelope::envelope;
 use crate::common::gateway::run_cli;
-use crate::common::http::{accepted_ids, assert_error, fcall_publish, send};
+use crate::common::http::{accepted_ids, assert_error, fcall_publish, fcall_publish_keyed, send};
 use crate::common::token::{ops, service, TokenBuilder, TEST_SECRET};
 use crate::common::{spawn_app, spawn_app_with};
 
@@ -294,6 +294,20 @@ async fn fcall_publish_returns_the_id_the_client_receives() {
         .expect("FCALL event_gateway_publish returns the event id as a string");
     let event = olivia.next_data_event().await;
     assert_eq!(event.label(), "durable");
+    assert_eq!(event.id, Some(id));
+}
+
+#[tokio::test]
+async fn fcall_with_the_org_as_its_key_publishes_the_same_way() {
+    let app = spawn_app().await;
+    let mut olivia = app.connect_ready(&ops("olivia", ORG), "").await;
+    let answer = app
+        .redis_command(&fcall_publish_keyed(ORG, &ticket("keyed").to_string()))
+        .await
+        .expect("FCALL event_gateway_publish 1 <org> succeeds for a valid envelope");
+    let id: String = redis::FromRedisValue::from_redis_value(answer).expect("the event id as a string");
+    let event = olivia.next_data_event().await;
+    assert_eq!(event.label(), "keyed");
     assert_eq!(event.id, Some(id));
 }
 

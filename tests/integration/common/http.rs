@@ -118,3 +118,11 @@ pub fn fcall_publish(org: &str, payload: &str) -> redis::Cmd {
     command.arg("event_gateway_publish").arg(0).arg(org).arg(payload);
     command
 }
+
+/// `FCALL event_gateway_publish 1 <org> <payload>`: the org as the key, the form that works in
+/// both Redis modes.
+pub fn fcall_publish_keyed(org: &str, payload: &str) -> redis::Cmd {
+    let mut command = redis::cmd("FCALL");
+    command.arg("event_gateway_publish").arg(1).arg(org).arg(payload);
+    command
+}
