@@ -203,60 +203,43 @@ local function page(keys, args)
   return {last_issued(), out}
 end
 
--- Connection registry. Each replica (name#boot-id) keeps a hash events:replica:<id> with
---   u:<sub>            -> its open streams of that user
---   c:<role>|<orgs>    -> its open streams of that role and org list
--- rewritten by its heartbeat, expiring when the replica stops beating, and listed with its
--- expiry time in the sorted set events:replicas.
-
-local function live_replicas()
+-- Connection registry, per user: the hash events:conns:{<sub>} holds, for every replica with
+-- streams of that user, <replica-id> -> its stream count and <replica-id>:t -> when that count
+-- expires (ms) unless the replica's heartbeat renews it. Tagged by user, so admission is one
+-- call on one node of a cluster, whatever the number of replicas.
+--
+-- FCALL event_gateway_conn_open 1 <conns key> <replica-id> <max> <ttl-ms>: counts the user's
+-- live streams; takes one more for this replica unless that would exceed max. Returns the new
+-- count, or -1 when the user is at the limit. Expired replicas' entries are removed.
+local function conn_open(keys, args)
+  local key, me, max, ttl = keys[1], args[1], tonumber(args[2]), tonumber(args[3])
   local time = redis.call('TIME')
   local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-  redis.call('ZREMRANGEBYSCORE', 'events:replicas', '-inf', string.format('(%d', now))
-  return redis.call('ZRANGE', 'events:replicas', 0, -1)
-end
-
--- FCALL event_gateway_conn_open 0 <replica-id> <sub> <max>: counts the user's streams on every
--- live replica; takes one more on this replica unless that would exceed max.
--- Returns the new count, or -1 when the user is at the limit.
-local function conn_open(keys, args)
-  local me, user, max = args[1], args[2], tonumber(args[3])
-  local field = 'u:' .. user
-  local total, counted_me = 0, false
-  for _, replica in ipairs(live_replicas()) do
-    total = total + (tonumber(redis.call('HGET', 'events:replica:' .. replica, field)) or 0)
-    if replica == me then
-      counted_me = true
+  local fields = redis.call('HGETALL', key)
+  local counts, expiries = {}, {}
+  for i = 1, #fields, 2 do
+    local name, value = fields[i], tonumber(fields[i + 1]) or 0
+    if string.sub(name, -2) == ':t' then
+      expiries[string.sub(name, 1, -3)] = value
+    else
+      counts[name] = value
     end
   end
-  if not counted_me then
-    total = total + (tonumber(redis.call('HGET', 'events:replica:' .. me, field)) or 0)
+  local total = 0
+  for replica, count in pairs(counts) do
+    if replica == me or (expiries[replica] or 0) >= now then
+      total = total + math.max(count, 0)
+    else
+      redis.call('HDEL', key, replica, replica .. ':t')
+    end
   end
   if total >= max then
     return -1
   end
-  redis.call('HINCRBY', 'events:replica:' .. me, field, 1)
+  redis.call('HINCRBY', key, me, 1)
+  redis.call('HSET', key, me .. ':t', string.format('%d', now + ttl))
+  redis.call('PEXPIRE', key, ttl)
   return total + 1
-end
-
--- FCALL_RO event_gateway_registry 0: { {replica-id, field, count, field, count, ...}, ... }
--- of every live replica's c: fields.
-local function registry(keys, args)
-  local time = redis.call('TIME')
-  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-  local out = {}
-  for _, replica in ipairs(redis.call('ZRANGEBYSCORE', 'events:replicas', now, '+inf')) do
-    local row = {replica}
-    local fields = redis.call('HGETALL', 'events:replica:' .. replica)
-    for i = 1, #fields, 2 do
-      if string.sub(fields[i], 1, 2) == 'c:' then
-        row[#row + 1] = fields[i]
-        row[#row + 1] = fields[i + 1]
-      end
-    end
-    out[#out + 1] = row
-  end
-  return out
 end
 
 -- FCALL_RO event_gateway_version 0 -> a digest of this library's text (limits included), so a
@@ -268,5 +251,4 @@ end
 redis.register_function('event_gateway_publish', publish)
 redis.register_function{function_name = 'event_gateway_version', callback = version, flags = {'no-writes'}}
 redis.register_function('event_gateway_conn_open', conn_open)
-redis.register_function{function_name = 'event_gateway_registry', callback = registry, flags = {'no-writes'}}
 redis.register_function{function_name = 'event_gateway_page', callback = page, flags = {'no-writes'}}

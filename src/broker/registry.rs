@@ -1,7 +1,10 @@
 //! The connection registry: how many streams each user holds across replicas (for
 //! `limits.max_connections_per_user`) and how many streams each replica holds per role and org
-//! (for `GET /api/connections`). Each replica owns its entries and rewrites them with a
-//! heartbeat; a replica that dies stops beating and its entries expire.
+//! (for `GET /api/connections`). Entries live in one hash per user (`events:conns:{<sub>}`) and
+//! one per org (`events:streams:{<org>}`), tagged so that each is on one node of a cluster:
+//! admitting a stream is one call, and nothing reads every replica's entries. Each replica owns
+//! its fields, stamps them with an expiry and renews them with a heartbeat; the fields of a
+//! replica that dies expire.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -72,13 +75,12 @@ impl Drop for Permit {
         // Outside a runtime (process teardown) the heartbeat's expiry does the cleanup.
         let runtime = tokio::runtime::Handle::try_current();
         if let (Some((pool, replica_id)), Ok(runtime)) = (self.redis.take(), runtime) {
-            let field = user_field(&self.user);
-            let key = replica_key(&replica_id);
+            let key = user_key(&self.user);
             runtime.spawn(async move {
                 if let Ok(mut connection) = pool.get().await {
                     let _ = redis::cmd("HINCRBY")
                         .arg(&key)
-                        .arg(&field)
+                        .arg(&*replica_id)
                         .arg(-1)
                         .query_async::<i64>(&mut *connection)
                         .await;
@@ -88,31 +90,40 @@ impl Drop for Permit {
     }
 }
 
-fn replica_key(replica_id: &str) -> String {
-    format!("events:replica:{replica_id}")
+/// A user's streams per replica.
+fn user_key(user: &str) -> String {
+    format!("events:conns:{{{user}}}")
 }
 
-/// A replica hash's field for a user's stream count.
-fn user_field(user: &str) -> String {
-    format!("u:{user}")
+/// An org's streams per replica and group.
+fn org_key(org: &OrgId) -> String {
+    format!("events:streams:{{{org}}}")
 }
 
-/// A replica hash's field for a group's stream count: `c:<role>|<org>,<org>`.
-fn group_field(group: &StreamGroup) -> String {
+/// The field that says until when (ms) a replica's fields of a hash count.
+fn expiry_field(replica_id: &str) -> String {
+    format!("{replica_id}:t")
+}
+
+/// An org hash's field for one replica's streams of a group: `<replica>|<role>|<org>,<org>`.
+fn group_field(replica_id: &str, group: &StreamGroup) -> String {
     let orgs: Vec<&str> = group.orgs().iter().map(OrgId::as_str).collect();
-    format!("c:{}|{}", group.role, orgs.join(","))
+    format!("{replica_id}|{}|{}", group.role, orgs.join(","))
 }
 
-/// The group a `c:` field names; `None` for other fields and for fields this version cannot
-/// read (a replica of another version shares the registry).
-fn parse_group_field(field: &str) -> Option<StreamGroup> {
-    let (role, orgs) = field.strip_prefix("c:")?.split_once('|')?;
+/// The replica and group a group field names; `None` for other fields and for fields this
+/// version cannot read (a replica of another version shares the registry).
+fn parse_group_field(field: &str) -> Option<(&str, StreamGroup)> {
+    let mut parts = field.rsplitn(3, '|');
+    let orgs = parts.next()?;
+    let role = parts.next()?;
+    let replica_id = parts.next()?;
     let orgs = orgs
         .split(',')
         .map(OrgId::parse)
         .collect::<Result<Vec<_>, _>>()
         .ok()?;
-    Some(StreamGroup::new(role.into(), orgs))
+    Some((replica_id, StreamGroup::new(role.into(), orgs)))
 }
 
 /// `GET /api/connections`: streams whose token lists one of the caller's orgs.
@@ -160,6 +171,14 @@ pub struct Registry {
     replica_name: String,
     counts: Arc<UserCounts>,
     pool: Option<Pool>,
+    /// The users and groups the last heartbeat wrote, so the next one clears those now gone.
+    written: Mutex<Written>,
+}
+
+#[derive(Default)]
+struct Written {
+    users: Vec<Box<str>>,
+    groups: Vec<StreamGroup>,
 }
 
 impl Registry {
@@ -169,6 +188,7 @@ impl Registry {
             replica_name: replica_name.to_string(),
             counts: Arc::default(),
             pool: None,
+            written: Mutex::default(),
         }
     }
 
@@ -179,6 +199,7 @@ impl Registry {
             replica_name: replica_name.to_string(),
             counts: Arc::default(),
             pool: Some(pool),
+            written: Mutex::default(),
         }
     }
 
@@ -196,19 +217,17 @@ impl Registry {
                 redis: None,
             }));
         };
-        let mut connection = pool
-            .get()
-            .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let mut connection = pool.get().await.map_err(unavailable)?;
         let admitted: i64 = redis::cmd("FCALL")
             .arg("event_gateway_conn_open")
-            .arg(0)
+            .arg(1)
+            .arg(user_key(user))
             .arg(&*self.replica_id)
-            .arg(user)
             .arg(max)
+            .arg(HEARTBEAT_TTL.as_millis() as u64)
             .query_async(&mut *connection)
             .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            .map_err(unavailable)?;
         if admitted < 0 {
             return Ok(None);
         }
@@ -220,47 +239,113 @@ impl Registry {
         }))
     }
 
-    /// Rewrites this replica's entries from the local truth, and prolongs them.
+    /// Rewrites this replica's fields from the local truth and prolongs them: its count in the
+    /// hash of every user with a stream here, its count of every group in the hash of each org
+    /// of the group; the fields of users and groups gone since the last heartbeat are removed.
     pub async fn heartbeat(&self, hub: &Hub) -> Result<(), BrokerError> {
         let Some(pool) = &self.pool else { return Ok(()) };
-        let key = replica_key(&self.replica_id);
+        let me = &*self.replica_id;
         let ttl_ms = HEARTBEAT_TTL.as_millis() as u64;
-        let mut pipeline = redis::pipe();
-        pipeline.atomic().del(&key);
+        let expires = (unix_millis() + ttl_ms).to_string();
         let users = self.counts.snapshot();
-        let streams = hub.stream_counts();
-        if !users.is_empty() || !streams.is_empty() {
-            let fields: Vec<(String, u64)> = users
-                .into_iter()
-                .map(|(user, count)| (user_field(&user), count))
-                .chain(streams.iter().map(|(group, count)| (group_field(group), *count)))
-                .collect();
-            pipeline.hset_multiple(&key, &fields);
+        let groups = hub.stream_counts();
+        let mut pipeline = redis::pipe();
+        for (user, count) in &users {
+            let key = user_key(user);
+            pipeline
+                .hset_multiple(
+                    &key,
+                    &[
+                        (me.to_string(), count.to_string()),
+                        (expiry_field(me), expires.clone()),
+                    ],
+                )
+                .ignore()
+                .pexpire(&key, ttl_ms as i64)
+                .ignore();
         }
-        pipeline.pexpire(&key, ttl_ms as i64).zadd(
-            "events:replicas",
-            &*self.replica_id,
-            unix_millis() + ttl_ms,
-        );
-        let mut connection = pool
-            .get()
-            .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let mut orgs_written: Vec<&OrgId> = Vec::new();
+        for (group, count) in &groups {
+            for org in group.orgs() {
+                pipeline
+                    .hset(org_key(org), group_field(me, group), *count)
+                    .ignore();
+                if !orgs_written.contains(&org) {
+                    orgs_written.push(org);
+                }
+            }
+        }
+        for org in &orgs_written {
+            let key = org_key(org);
+            pipeline
+                .hset(&key, expiry_field(me), &expires)
+                .ignore()
+                .pexpire(&key, ttl_ms as i64)
+                .ignore();
+        }
+        let (gone_users, gone_groups) = {
+            let written = self.written.lock();
+            let gone_users: Vec<Box<str>> = written
+                .users
+                .iter()
+                .filter(|user| !users.iter().any(|(now, _)| now == *user))
+                .cloned()
+                .collect();
+            let gone_groups: Vec<StreamGroup> = written
+                .groups
+                .iter()
+                .filter(|group| !groups.contains_key(group))
+                .cloned()
+                .collect();
+            (gone_users, gone_groups)
+        };
+        for user in &gone_users {
+            pipeline
+                .hdel(user_key(user), &[me.to_string(), expiry_field(me)])
+                .ignore();
+        }
+        for group in &gone_groups {
+            for org in group.orgs() {
+                pipeline.hdel(org_key(org), group_field(me, group)).ignore();
+            }
+        }
+        let mut connection = pool.get().await.map_err(unavailable)?;
         pipeline
             .query_async::<()>(&mut *connection)
             .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+            .map_err(unavailable)?;
+        *self.written.lock() = Written {
+            users: users.into_iter().map(|(user, _)| user).collect(),
+            groups: groups.into_keys().collect(),
+        };
+        Ok(())
     }
 
-    /// Removes this replica's entries (clean shutdown).
+    /// Removes this replica's fields (clean shutdown).
     pub async fn withdraw(&self) {
         let Some(pool) = &self.pool else { return };
+        let me = &*self.replica_id;
+        let written = std::mem::take(&mut *self.written.lock());
+        let mut pipeline = redis::pipe();
+        for user in &written.users {
+            pipeline
+                .hdel(user_key(user), &[me.to_string(), expiry_field(me)])
+                .ignore();
+        }
+        let mut orgs: Vec<&OrgId> = Vec::new();
+        for group in &written.groups {
+            for org in group.orgs() {
+                pipeline.hdel(org_key(org), group_field(me, group)).ignore();
+                if !orgs.contains(&org) {
+                    orgs.push(org);
+                }
+            }
+        }
+        for org in orgs {
+            pipeline.hdel(org_key(org), expiry_field(me)).ignore();
+        }
         if let Ok(mut connection) = pool.get().await {
-            let _ = redis::pipe()
-                .del(replica_key(&self.replica_id))
-                .zrem("events:replicas", &*self.replica_id)
-                .query_async::<()>(&mut *connection)
-                .await;
+            let _ = pipeline.query_async::<()>(&mut *connection).await;
         }
     }
 
@@ -271,31 +356,48 @@ impl Registry {
             report.add_replica(&self.replica_name, hub.stream_counts(), orgs);
             return Ok(report);
         };
-        let mut connection = pool
-            .get()
-            .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        let rows: Vec<Vec<String>> = redis::cmd("FCALL_RO")
-            .arg("event_gateway_registry")
-            .arg(0)
+        let mut pipeline = redis::pipe();
+        for org in orgs {
+            pipeline.hgetall(org_key(org));
+        }
+        let mut connection = pool.get().await.map_err(unavailable)?;
+        let hashes: Vec<HashMap<String, String>> = pipeline
             .query_async(&mut *connection)
             .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        for row in rows {
-            let Some((replica_id, fields)) = row.split_first() else {
-                continue;
-            };
-            let name = replica_id
-                .rsplit_once('#')
-                .map_or(replica_id.as_str(), |(name, _)| name);
-            let counts = fields.chunks(2).filter_map(|pair| match pair {
-                [field, count] => Some((parse_group_field(field)?, count.parse().ok()?)),
-                _ => None,
-            });
-            report.add_replica(name, counts, orgs);
+            .map_err(unavailable)?;
+        for (replica_id, groups) in live_groups(&hashes, unix_millis()) {
+            let name = replica_id.rsplit_once('#').map_or(replica_id, |(name, _)| name);
+            report.add_replica(name, groups, orgs);
         }
         Ok(report)
     }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(error.to_string())
+}
+
+/// Each live replica's groups, once each, from the hashes of several orgs (a group of several
+/// orgs is in the hash of each).
+fn live_groups(hashes: &[HashMap<String, String>], now_ms: u64) -> BTreeMap<&str, HashMap<StreamGroup, u64>> {
+    let mut replicas: BTreeMap<&str, HashMap<StreamGroup, u64>> = BTreeMap::new();
+    for hash in hashes {
+        let alive = |replica_id: &str| {
+            hash.get(&expiry_field(replica_id))
+                .and_then(|expires| expires.parse::<u64>().ok())
+                .is_some_and(|expires| expires >= now_ms)
+        };
+        for (field, count) in hash {
+            let Some((replica_id, group)) = parse_group_field(field) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else { continue };
+            if alive(replica_id) {
+                replicas.entry(replica_id).or_default().insert(group, count);
+            }
+        }
+    }
+    replicas
 }
 
 #[cfg(test)]
@@ -339,17 +441,45 @@ mod tests {
     }
 
     #[test]
-    fn group_fields_read_back_as_the_group_whatever_the_org_order() {
-        let written = group_field(&group("ops", &["b", "a"]));
-        assert_eq!(written, "c:ops|a,b");
-        assert_eq!(parse_group_field(&written), Some(group("ops", &["a", "b"])));
+    fn group_fields_read_back_as_the_replica_and_group_whatever_the_org_order() {
+        let written = group_field("r1#0a", &group("ops", &["b", "a"]));
+        assert_eq!(written, "r1#0a|ops|a,b");
+        assert_eq!(
+            parse_group_field(&written),
+            Some(("r1#0a", group("ops", &["a", "b"])))
+        );
     }
 
     #[test]
     fn fields_that_name_no_group_are_skipped() {
-        assert_eq!(parse_group_field("u:alice"), None);
-        assert_eq!(parse_group_field("c:ops"), None);
-        assert_eq!(parse_group_field("c:ops|bad org"), None);
+        assert_eq!(parse_group_field("r1#0a:t"), None);
+        assert_eq!(parse_group_field("ops|a"), None);
+        assert_eq!(parse_group_field("r1|ops|bad org"), None);
+    }
+
+    fn hash(fields: &[(&str, &str)]) -> HashMap<String, String> {
+        fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_group_in_several_orgs_hashes_counts_once_and_expired_replicas_not_at_all() {
+        let org_a = hash(&[
+            ("r1|ops|a,b", "2"),
+            ("r1:t", "2000"),
+            ("r2|tenant|a", "9"),
+            ("r2:t", "500"),
+        ]);
+        let org_b = hash(&[("r1|ops|a,b", "2"), ("r1|tenant|b", "1"), ("r1:t", "2000")]);
+        let hashes = [org_a, org_b];
+        let replicas = live_groups(&hashes, 1000);
+        assert_eq!(replicas.len(), 1, "r2's fields expired at 500: {replicas:?}");
+        let r1 = &replicas["r1"];
+        assert_eq!(r1.get(&group("ops", &["a", "b"])), Some(&2));
+        assert_eq!(r1.get(&group("tenant", &["b"])), Some(&1));
+        assert_eq!(r1.len(), 2);
     }
 
     #[tokio::test]
