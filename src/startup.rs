@@ -136,7 +136,7 @@ impl Application {
                 shutdown.clone(),
             )
             .context("configuring Redis")?;
-            let registry = Registry::redis(replica_name, broker.pool());
+            let registry = Registry::redis(replica_name, broker.commands());
             (Broker::Redis(broker), registry)
         };
 

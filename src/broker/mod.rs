@@ -1,6 +1,7 @@
 //! The only code that knows where events come from and where history lives: Redis (pub/sub,
 //! Streams, a Redis Function) or the embedded in-process broker with the same behaviour.
 
+mod commands;
 mod embedded;
 mod redis;
 mod registry;
@@ -19,8 +20,11 @@ use crate::event::{Envelope, Event, EventId, OrgId};
 #[derive(Debug, serde::Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://` or `rediss://`; empty: the embedded broker.
+    /// `redis://` or `rediss://`; empty: the embedded broker. In cluster mode, one or several
+    /// seed nodes, comma-separated.
     pub url: String,
+    /// Redis Cluster mode (`SSUBSCRIBE`, keys tagged per org, routed commands).
+    pub cluster: bool,
     /// Seconds an org stays subscribed after its last local stream leaves.
     pub unsubscribe_linger_secs: u64,
 }

@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::{Pool, Runtime};
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::commands::{seed_urls, Commands, COMMAND_TIMEOUT};
 use super::subscriptions::{parse_channel, ChannelKind, Subscriptions};
 use super::{
     BrokerError, HistorySettings, Lease, OrgCursor, OrgPage, Page, PublishItem, RedisSettings, ReplayFrom,
@@ -26,14 +26,13 @@ use crate::telemetry::RateLimitedLog;
 const FUNCTIONS_TEMPLATE: &str = include_str!("functions.lua");
 /// How often readiness is probed (and the Functions reloaded if Redis lost them).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events read per call when filling the gap an outage left.
 const GAP_FILL_PAGE: usize = 256;
 /// The publish Function's id counter (see functions.lua).
 const LAST_ID_KEY: &str = "events:last-id";
 
 pub struct RedisBroker {
-    pool: Pool,
+    commands: Commands,
     history: History,
     subscriptions: Arc<Subscriptions>,
     /// Redis answered the last probe and the Functions are loaded.
@@ -51,10 +50,10 @@ struct Subscriber {
     shutdown: Shutdown,
 }
 
-/// Reads and writes durable history through the pool.
+/// Reads and writes durable history.
 #[derive(Clone)]
 struct History {
-    pool: Pool,
+    commands: Commands,
     functions: Arc<str>,
     /// Digest of `functions`, which `event_gateway_version` answers once they are loaded.
     version: Arc<str>,
@@ -68,7 +67,7 @@ fn unavailable(error: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(error.to_string())
 }
 
-fn command_error(error: redis::RedisError) -> BrokerError {
+pub(super) fn command_error(error: redis::RedisError) -> BrokerError {
     if error.is_io_error()
         || error.is_connection_dropped()
         || error.is_timeout()
@@ -137,27 +136,20 @@ impl RedisBroker {
             .set_response_timeout(Some(COMMAND_TIMEOUT));
         // Command connections get the same timeouts as the pub/sub one (redis-rs's default
         // response timeout, 500 ms, is shorter than a large durable batch legitimately takes).
-        let connection_config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT));
-        let manager =
-            deadpool_redis::Manager::new_with_config(url, connection_config).map_err(unavailable)?;
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .wait_timeout(Some(COMMAND_TIMEOUT))
-            .create_timeout(Some(COMMAND_TIMEOUT))
-            .recycle_timeout(Some(COMMAND_TIMEOUT))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(unavailable)?;
+        let commands = if redis.cluster {
+            Commands::cluster(&seed_urls(url))?
+        } else {
+            Commands::pool(url)?
+        };
         let functions = FUNCTIONS_TEMPLATE
             .replace("__MAX_EVENTS__", &history.max_events_per_org.to_string())
             .replace("__RETENTION_MS__", &(history.retention_secs * 1000).to_string())
-            .replace("__MAX_BYTES__", &max_event_bytes.to_string());
+            .replace("__MAX_BYTES__", &max_event_bytes.to_string())
+            .replace("__CLUSTER__", if redis.cluster { "true" } else { "false" });
         let version = format!("{:016x}", fnv1a(functions.as_bytes()));
         let functions = functions.replace("__VERSION__", &version);
         let history = History {
-            pool: pool.clone(),
+            commands: commands.clone(),
             functions: functions.into(),
             version: version.into(),
             replaced_log: Arc::new(RateLimitedLog::new(Duration::from_secs(60))),
@@ -177,7 +169,7 @@ impl RedisBroker {
             dropped_log: RateLimitedLog::new(Duration::from_secs(10)),
         };
         Ok(Arc::new(Self {
-            pool,
+            commands,
             history,
             subscriptions: Arc::new(Subscriptions::new(Duration::from_secs(
                 redis.unsubscribe_linger_secs,
@@ -221,9 +213,9 @@ impl RedisBroker {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// The command pool, for the connection registry.
-    pub fn pool(&self) -> Pool {
-        self.pool.clone()
+    /// Where commands go, for the connection registry.
+    pub fn commands(&self) -> Commands {
+        self.commands.clone()
     }
 
     pub async fn subscribe(&self, orgs: &[OrgId]) -> Result<Lease, BrokerError> {
@@ -231,7 +223,7 @@ impl RedisBroker {
     }
 
     pub async fn publish(&self, items: &[PublishItem]) -> Result<Vec<EventId>, BrokerError> {
-        let mut connection = self.pool.get().await.map_err(unavailable)?;
+        let mut connection = self.commands.get().await?;
         let mut pipeline = redis::pipe();
         if items.len() > 1 {
             // One bad or failed event publishes none of the batch.
@@ -245,12 +237,12 @@ impl RedisBroker {
                 .arg(item.org.as_str())
                 .arg(&item.raw);
         }
-        let ids: Vec<String> = match pipeline.query_async(&mut *connection).await {
+        let ids: Vec<String> = match pipeline.query_async(&mut connection).await {
             Ok(ids) => ids,
             Err(error) if is_missing_function(&error) => {
-                self.history.load_functions(&mut connection).await?;
+                self.history.load_functions().await?;
                 pipeline
-                    .query_async(&mut *connection)
+                    .query_async(&mut connection)
                     .await
                     .map_err(publish_error)?
             }
@@ -270,12 +262,12 @@ impl RedisBroker {
 
     /// The newest id the publish Function has handed out, if any.
     pub async fn last_issued(&self) -> Result<Option<EventId>, BrokerError> {
-        let mut connection = self.pool.get().await.map_err(unavailable)?;
+        let mut connection = self.commands.get().await?;
         let (millis, seq): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
             .arg(LAST_ID_KEY)
             .arg("ms")
             .arg("seq")
-            .query_async(&mut *connection)
+            .query_async(&mut connection)
             .await
             .map_err(command_error)?;
         Ok(millis.zip(seq).map(|(millis, seq)| EventId { millis, seq }))
@@ -285,14 +277,14 @@ impl RedisBroker {
         let key = ack_key(user);
         let id = id.to_string();
         let fields: Vec<(&str, &str)> = orgs.iter().map(|org| (org.as_str(), id.as_str())).collect();
-        let mut connection = self.pool.get().await.map_err(unavailable)?;
+        let mut connection = self.commands.get().await?;
         redis::pipe()
             .atomic()
             .hset_multiple(&key, &fields)
             .ignore()
             .expire(&key, self.history.ack_ttl_secs as i64)
             .ignore()
-            .query_async::<()>(&mut *connection)
+            .query_async::<()>(&mut connection)
             .await
             .map_err(command_error)
     }
@@ -302,13 +294,13 @@ impl RedisBroker {
             return Ok(Vec::new());
         }
         let names: Vec<&str> = orgs.iter().map(OrgId::as_str).collect();
-        let mut connection = self.pool.get().await.map_err(unavailable)?;
+        let mut connection = self.commands.get().await?;
         let (raw, legacy): (Vec<Option<String>>, Option<String>) = redis::pipe()
             .cmd("HMGET")
             .arg(ack_key(user))
             .arg(&names)
             .get(legacy_ack_key(user))
-            .query_async(&mut *connection)
+            .query_async(&mut connection)
             .await
             .map_err(command_error)?;
         let acks: Vec<(OrgId, EventId)> = orgs
@@ -342,35 +334,40 @@ type OrgPageReply = (String, String, String, Vec<(String, Vec<Vec<u8>>)>);
 type PageReply = (String, Vec<OrgPageReply>);
 
 impl History {
-    async fn load_functions(&self, connection: &mut deadpool_redis::Connection) -> Result<(), BrokerError> {
-        redis::cmd("FUNCTION")
-            .arg("LOAD")
-            .arg("REPLACE")
-            .arg(&*self.functions)
-            .query_async::<String>(&mut **connection)
+    /// Loads the Functions on every primary.
+    async fn load_functions(&self) -> Result<(), BrokerError> {
+        self.commands
+            .load_everywhere(&self.functions)
             .await
-            .map_err(command_error)?;
-        Ok(())
+            .map_err(command_error)
     }
 
-    /// Loads the Functions when Redis does not have them (first start, a restart without
-    /// persistence, a promoted replica) or has another version of them (an upgrade, or a
-    /// replica configured with other history limits).
-    async fn ensure_functions(&self, connection: &mut deadpool_redis::Connection) -> Result<(), BrokerError> {
-        let loaded: Option<String> = match redis::cmd("FCALL_RO")
-            .arg("event_gateway_version")
-            .arg(0)
-            .query_async(&mut **connection)
-            .await
-        {
-            Ok(version) => Some(version),
+    /// Loads the Functions when a primary does not have them (first start, a restart without
+    /// persistence, a promoted replica, a node added to a cluster) or has another version of
+    /// them (an upgrade, or a replica configured with other history limits).
+    async fn ensure_functions(&self) -> Result<(), BrokerError> {
+        let mut version = redis::cmd("FCALL_RO");
+        version.arg("event_gateway_version").arg(0);
+        let loaded: Option<String> = match self.commands.on_every_primary(&version).await {
+            Ok(answers) => {
+                let versions: Vec<String> = answers
+                    .into_iter()
+                    .filter_map(|answer| redis::FromRedisValue::from_redis_value(answer).ok())
+                    .collect();
+                // Any primary with another version (or an answer that is not one) is reloaded.
+                match versions.iter().find(|loaded| **loaded != *self.version) {
+                    Some(other) => Some(other.clone()),
+                    None if versions.is_empty() => None,
+                    None => Some(self.version.to_string()),
+                }
+            }
             Err(error) if is_missing_function(&error) => None,
             Err(error) => return Err(command_error(error)),
         };
         match loaded {
             Some(version) if *version == *self.version => return Ok(()),
             Some(version) => {
-                self.load_functions(connection).await?;
+                self.load_functions().await?;
                 self.replaced_log.warn("functions_replaced", |suppressed| {
                     tracing::warn!(
                         loaded = %version,
@@ -382,7 +379,7 @@ impl History {
                 });
             }
             None => {
-                self.load_functions(connection).await?;
+                self.load_functions().await?;
                 tracing::info!(version = %self.version, "Loaded the event_gateway Redis Functions.");
             }
         }
@@ -390,7 +387,7 @@ impl History {
     }
 
     async fn read_page(&self, cursors: &[OrgCursor], count: usize) -> Result<Page, BrokerError> {
-        let mut connection = self.pool.get().await.map_err(unavailable)?;
+        let mut connection = self.commands.get().await?;
         let mut command = redis::cmd("FCALL_RO");
         command.arg("event_gateway_page").arg(0).arg(count);
         for cursor in cursors {
@@ -400,12 +397,12 @@ impl History {
             };
             command.arg(cursor.org.as_str()).arg(start);
         }
-        let (last_issued, per_org_reply): PageReply = match command.query_async(&mut *connection).await {
+        let (last_issued, per_org_reply): PageReply = match command.query_async(&mut connection).await {
             Ok(reply) => reply,
             Err(error) if is_missing_function(&error) => {
-                self.load_functions(&mut connection).await?;
+                self.load_functions().await?;
                 command
-                    .query_async(&mut *connection)
+                    .query_async(&mut connection)
                     .await
                     .map_err(command_error)?
             }
@@ -602,8 +599,7 @@ async fn probe_health(broker: Arc<RedisBroker>, mut subscriber: ConnectionManage
     let mut first_probe = true;
     loop {
         let probe = async {
-            let mut connection = broker.pool.get().await.map_err(unavailable)?;
-            broker.history.ensure_functions(&mut connection).await?;
+            broker.history.ensure_functions().await?;
             redis::cmd("PING")
                 .query_async::<Value>(&mut subscriber)
                 .await

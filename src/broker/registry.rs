@@ -6,14 +6,14 @@
 //! its fields, stamps them with an expiry and renews them with a heartbeat; the fields of a
 //! replica that dies expire.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use super::commands::{unavailable, Batch, Commands};
 use super::BrokerError;
 use crate::clock::unix_millis;
 use crate::event::OrgId;
@@ -66,7 +66,7 @@ pub struct Permit {
     counts: Arc<UserCounts>,
     user: Box<str>,
     /// In Redis mode: where to decrement at once (the heartbeat would also correct it).
-    redis: Option<(Pool, Arc<str>)>,
+    redis: Option<(Commands, Arc<str>)>,
 }
 
 impl Drop for Permit {
@@ -74,15 +74,15 @@ impl Drop for Permit {
         self.counts.remove(&self.user);
         // Outside a runtime (process teardown) the heartbeat's expiry does the cleanup.
         let runtime = tokio::runtime::Handle::try_current();
-        if let (Some((pool, replica_id)), Ok(runtime)) = (self.redis.take(), runtime) {
+        if let (Some((commands, replica_id)), Ok(runtime)) = (self.redis.take(), runtime) {
             let key = user_key(&self.user);
             runtime.spawn(async move {
-                if let Ok(mut connection) = pool.get().await {
+                if let Ok(mut connection) = commands.get().await {
                     let _ = redis::cmd("HINCRBY")
                         .arg(&key)
                         .arg(&*replica_id)
                         .arg(-1)
-                        .query_async::<i64>(&mut *connection)
+                        .query_async::<i64>(&mut connection)
                         .await;
                 }
             });
@@ -170,7 +170,7 @@ pub struct Registry {
     replica_id: Arc<str>,
     replica_name: String,
     counts: Arc<UserCounts>,
-    pool: Option<Pool>,
+    commands: Option<Commands>,
     /// The users and groups the last heartbeat wrote, so the next one clears those now gone.
     written: Mutex<Written>,
 }
@@ -187,18 +187,18 @@ impl Registry {
             replica_id: replica_name.into(),
             replica_name: replica_name.to_string(),
             counts: Arc::default(),
-            pool: None,
+            commands: None,
             written: Mutex::default(),
         }
     }
 
-    pub fn redis(replica_name: &str, pool: Pool) -> Self {
+    pub fn redis(replica_name: &str, commands: Commands) -> Self {
         let boot: u32 = rand::random();
         Self {
             replica_id: format!("{replica_name}#{boot:08x}").into(),
             replica_name: replica_name.to_string(),
             counts: Arc::default(),
-            pool: Some(pool),
+            commands: Some(commands),
             written: Mutex::default(),
         }
     }
@@ -206,7 +206,7 @@ impl Registry {
     /// Takes a place for one more stream of `user`, unless the user already holds `max`
     /// across replicas. `Ok(None)` means the user is at the limit.
     pub async fn admit(&self, user: &str, max: usize) -> Result<Option<Permit>, BrokerError> {
-        let Some(pool) = &self.pool else {
+        let Some(commands) = &self.commands else {
             if self.counts.get(user) >= max as u64 {
                 return Ok(None);
             }
@@ -217,7 +217,7 @@ impl Registry {
                 redis: None,
             }));
         };
-        let mut connection = pool.get().await.map_err(unavailable)?;
+        let mut connection = commands.get().await?;
         let admitted: i64 = redis::cmd("FCALL")
             .arg("event_gateway_conn_open")
             .arg(1)
@@ -225,7 +225,7 @@ impl Registry {
             .arg(&*self.replica_id)
             .arg(max)
             .arg(HEARTBEAT_TTL.as_millis() as u64)
-            .query_async(&mut *connection)
+            .query_async(&mut connection)
             .await
             .map_err(unavailable)?;
         if admitted < 0 {
@@ -235,7 +235,7 @@ impl Registry {
         Ok(Some(Permit {
             counts: self.counts.clone(),
             user: user.into(),
-            redis: Some((pool.clone(), self.replica_id.clone())),
+            redis: Some((commands.clone(), self.replica_id.clone())),
         }))
     }
 
@@ -243,77 +243,52 @@ impl Registry {
     /// hash of every user with a stream here, its count of every group in the hash of each org
     /// of the group; the fields of users and groups gone since the last heartbeat are removed.
     pub async fn heartbeat(&self, hub: &Hub) -> Result<(), BrokerError> {
-        let Some(pool) = &self.pool else { return Ok(()) };
+        let Some(commands) = &self.commands else { return Ok(()) };
         let me = &*self.replica_id;
         let ttl_ms = HEARTBEAT_TTL.as_millis() as u64;
         let expires = (unix_millis() + ttl_ms).to_string();
         let users = self.counts.snapshot();
         let groups = hub.stream_counts();
-        let mut pipeline = redis::pipe();
+        let mut batch = Batch::default();
         for (user, count) in &users {
             let key = user_key(user);
-            pipeline
-                .hset_multiple(
-                    &key,
-                    &[
-                        (me.to_string(), count.to_string()),
-                        (expiry_field(me), expires.clone()),
-                    ],
-                )
+            batch
+                .on(&key)
+                .hset_multiple(&key, &[(me.to_string(), count.to_string()), (expiry_field(me), expires.clone())])
                 .ignore()
                 .pexpire(&key, ttl_ms as i64)
                 .ignore();
         }
-        let mut orgs_written: Vec<&OrgId> = Vec::new();
         for (group, count) in &groups {
             for org in group.orgs() {
-                pipeline
-                    .hset(org_key(org), group_field(me, group), *count)
-                    .ignore();
-                if !orgs_written.contains(&org) {
-                    orgs_written.push(org);
-                }
+                let key = org_key(org);
+                batch.on(&key).hset(&key, group_field(me, group), *count).ignore();
             }
         }
+        let orgs_written: HashSet<&OrgId> = groups.keys().flat_map(|group| group.orgs()).collect();
         for org in &orgs_written {
             let key = org_key(org);
-            pipeline
+            batch
+                .on(&key)
                 .hset(&key, expiry_field(me), &expires)
                 .ignore()
                 .pexpire(&key, ttl_ms as i64)
                 .ignore();
         }
-        let (gone_users, gone_groups) = {
+        {
             let written = self.written.lock();
-            let gone_users: Vec<Box<str>> = written
-                .users
-                .iter()
-                .filter(|user| !users.iter().any(|(now, _)| now == *user))
-                .cloned()
-                .collect();
-            let gone_groups: Vec<StreamGroup> = written
-                .groups
-                .iter()
-                .filter(|group| !groups.contains_key(group))
-                .cloned()
-                .collect();
-            (gone_users, gone_groups)
-        };
-        for user in &gone_users {
-            pipeline
-                .hdel(user_key(user), &[me.to_string(), expiry_field(me)])
-                .ignore();
-        }
-        for group in &gone_groups {
-            for org in group.orgs() {
-                pipeline.hdel(org_key(org), group_field(me, group)).ignore();
+            for user in written.users.iter().filter(|user| !users.iter().any(|(now, _)| now == *user)) {
+                let key = user_key(user);
+                batch.on(&key).hdel(&key, &[me.to_string(), expiry_field(me)]).ignore();
+            }
+            for group in written.groups.iter().filter(|group| !groups.contains_key(group)) {
+                for org in group.orgs() {
+                    let key = org_key(org);
+                    batch.on(&key).hdel(&key, group_field(me, group)).ignore();
+                }
             }
         }
-        let mut connection = pool.get().await.map_err(unavailable)?;
-        pipeline
-            .query_async::<()>(&mut *connection)
-            .await
-            .map_err(unavailable)?;
+        batch.send(commands).await?;
         *self.written.lock() = Written {
             users: users.into_iter().map(|(user, _)| user).collect(),
             groups: groups.into_keys().collect(),
@@ -323,58 +298,46 @@ impl Registry {
 
     /// Removes this replica's fields (clean shutdown).
     pub async fn withdraw(&self) {
-        let Some(pool) = &self.pool else { return };
+        let Some(commands) = &self.commands else { return };
         let me = &*self.replica_id;
         let written = std::mem::take(&mut *self.written.lock());
-        let mut pipeline = redis::pipe();
+        let mut batch = Batch::default();
         for user in &written.users {
-            pipeline
-                .hdel(user_key(user), &[me.to_string(), expiry_field(me)])
-                .ignore();
+            let key = user_key(user);
+            batch.on(&key).hdel(&key, &[me.to_string(), expiry_field(me)]).ignore();
         }
-        let mut orgs: Vec<&OrgId> = Vec::new();
         for group in &written.groups {
             for org in group.orgs() {
-                pipeline.hdel(org_key(org), group_field(me, group)).ignore();
-                if !orgs.contains(&org) {
-                    orgs.push(org);
-                }
+                let key = org_key(org);
+                batch.on(&key).hdel(&key, group_field(me, group)).ignore();
+                batch.on(&key).hdel(&key, expiry_field(me)).ignore();
             }
         }
-        for org in orgs {
-            pipeline.hdel(org_key(org), expiry_field(me)).ignore();
-        }
-        if let Ok(mut connection) = pool.get().await {
-            let _ = pipeline.query_async::<()>(&mut *connection).await;
-        }
+        let _ = batch.send(commands).await;
     }
 
     /// Streams across live replicas whose token lists one of `orgs`.
     pub async fn report(&self, hub: &Hub, orgs: &[OrgId]) -> Result<ConnectionsReport, BrokerError> {
         let mut report = ConnectionsReport::default();
-        let Some(pool) = &self.pool else {
+        let Some(commands) = &self.commands else {
             report.add_replica(&self.replica_name, hub.stream_counts(), orgs);
             return Ok(report);
         };
-        let mut pipeline = redis::pipe();
-        for org in orgs {
-            pipeline.hgetall(org_key(org));
-        }
-        let mut connection = pool.get().await.map_err(unavailable)?;
-        let hashes: Vec<HashMap<String, String>> = pipeline
-            .query_async(&mut *connection)
-            .await
-            .map_err(unavailable)?;
+        let reads = orgs
+            .iter()
+            .map(|org| {
+                let mut command = redis::cmd("HGETALL");
+                command.arg(org_key(org));
+                command
+            })
+            .collect();
+        let hashes: Vec<HashMap<String, String>> = commands.each(reads).await?;
         for (replica_id, groups) in live_groups(&hashes, unix_millis()) {
             let name = replica_id.rsplit_once('#').map_or(replica_id, |(name, _)| name);
             report.add_replica(name, groups, orgs);
         }
         Ok(report)
     }
-}
-
-fn unavailable(error: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(error.to_string())
 }
 
 /// Each live replica's groups, once each, from the hashes of several orgs (a group of several
