@@ -29,7 +29,10 @@ pub(super) fn unavailable(error: impl std::fmt::Display) -> BrokerError {
 
 /// The seed URLs of `redis.url`: one, or several separated by commas (cluster mode).
 pub fn seed_urls(url: &str) -> Vec<&str> {
-    url.split(',').map(str::trim).filter(|seed| !seed.is_empty()).collect()
+    url.split(',')
+        .map(str::trim)
+        .filter(|seed| !seed.is_empty())
+        .collect()
 }
 
 #[derive(Clone)]
@@ -163,7 +166,10 @@ impl Commands {
     }
 }
 
-fn cluster_client(seeds: &[&str], push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>) -> Result<ClusterClient, BrokerError> {
+fn cluster_client(
+    seeds: &[&str],
+    push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+) -> Result<ClusterClient, BrokerError> {
     let mut builder = ClusterClient::builder(seeds.iter().copied())
         .use_protocol(redis::ProtocolVersion::RESP3)
         .connection_timeout(COMMAND_TIMEOUT)

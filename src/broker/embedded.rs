@@ -91,7 +91,15 @@ impl EmbeddedBroker {
             .iter()
             .map(|cursor| {
                 let Some(history) = state.orgs.get_mut(&cursor.org) else {
-                    return OrgPage::new(cursor.org.clone(), cursor.from, Vec::new(), count, None, None);
+                    return OrgPage::new(
+                        cursor.org.clone(),
+                        cursor.from,
+                        Vec::new(),
+                        count,
+                        None,
+                        None,
+                        last_issued,
+                    );
                 };
                 history.trim(now, self.retention_millis, self.max_events_per_org);
                 let first = history
@@ -110,10 +118,11 @@ impl EmbeddedBroker {
                     count,
                     history.max_deleted,
                     history.events.front().and_then(|e| e.id),
+                    last_issued,
                 )
             })
             .collect();
-        Page { orgs, last_issued }
+        Page { orgs }
     }
 
     /// The newest id handed out, if any.
@@ -190,7 +199,7 @@ mod tests {
         );
         assert_eq!(ids_of(&page.orgs[0]), vec![ids[2]]);
         assert_eq!(ids_of(&page.orgs[1]), vec![ids[1], ids[3]]);
-        assert_eq!(page.last_issued, Some(ids[3]));
+        assert_eq!(page.orgs[0].last_issued, Some(ids[3]));
         assert!(page.orgs.iter().all(|org| org.exhausted && org.trimmed.is_none()));
     }
 

@@ -8,7 +8,8 @@
 --   FCALL_RO event_gateway_version 0                         -> digest of this library
 --
 -- Event ids are "<ms>-<seq>" from ONE counter per Redis (key events:last-id), so they are
--- totally ordered across all orgs and sort by publish time. Each org's history is the stream
+-- totally ordered across all orgs and sort by publish time (in cluster mode: one counter per
+-- org, so ids are ordered per org). Each org's history is the stream
 -- events:history:<org>, whose entry ids are the event ids. The publish appends to the stream and
 -- PUBLISHes "<id> <envelope>" on events:durable:<org> in one atomic step. That channel is the
 -- Function's alone (live publishers use events:org:<org>, which never carries ids), so an ACL
@@ -18,6 +19,25 @@ local VERSION = '__VERSION__'
 local MAX_EVENTS = __MAX_EVENTS__
 local RETENTION_MS = __RETENTION_MS__
 local MAX_BYTES = __MAX_BYTES__
+-- Cluster mode: every key and channel of an org carries the org as a hash tag ({<org>}), so
+-- that they live on the org's node; ids come from one counter per org; durable events go out
+-- by SPUBLISH. Standalone mode keeps the untagged names and one counter for all orgs.
+local CLUSTER = __CLUSTER__
+
+local function of_org(prefix, org)
+  if CLUSTER then
+    return prefix .. '{' .. org .. '}'
+  end
+  return prefix .. org
+end
+
+-- The id counter an org's events take their ids from.
+local function counter_key(org)
+  if CLUSTER then
+    return 'events:last-id:{' .. org .. '}'
+  end
+  return 'events:last-id'
+end
 
 local function valid_org(org)
   return type(org) == 'string' and #org >= 1 and #org <= 64 and not string.find(org, '[^A-Za-z0-9_%-]')
@@ -93,11 +113,11 @@ local function parse_id(id)
   return tonumber(ms), tonumber(seq)
 end
 
-local function next_id(stream)
+local function next_id(org, stream)
   local time = redis.call('TIME')
   local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
   local ms, seq = now, 0
-  local last = redis.call('HMGET', 'events:last-id', 'ms', 'seq')
+  local last = redis.call('HMGET', counter_key(org), 'ms', 'seq')
   if last[1] then
     local last_ms, last_seq = tonumber(last[1]), tonumber(last[2])
     if ms <= last_ms then
@@ -112,7 +132,7 @@ local function next_id(stream)
       ms, seq = top_ms, top_seq + 1
     end
   end
-  redis.call('HSET', 'events:last-id', 'ms', string.format('%d', ms), 'seq', string.format('%d', seq))
+  redis.call('HSET', counter_key(org), 'ms', string.format('%d', ms), 'seq', string.format('%d', seq))
   return ms, seq
 end
 
@@ -137,7 +157,7 @@ local function trim(org, stream, now_ms)
     redis.call('XTRIM', stream, 'MINID', min_id)
   end
   if newest_removed then
-    redis.call('SET', 'events:trimmed:' .. org, newest_removed, 'PX', RETENTION_MS)
+    redis.call('SET', of_org('events:trimmed:', org), newest_removed, 'PX', RETENTION_MS)
   end
 end
 
@@ -160,19 +180,23 @@ local function publish(keys, args)
   if problem then
     return redis.error_reply('ERR invalid envelope: ' .. problem)
   end
-  local stream = 'events:history:' .. org
-  local ms, seq = next_id(stream)
+  local stream = of_org('events:history:', org)
+  local ms, seq = next_id(org, stream)
   local id = string.format('%d-%d', ms, seq)
   redis.call('XADD', stream, id, 'e', payload)
   trim(org, stream, ms)
   redis.call('PEXPIRE', stream, RETENTION_MS)
-  redis.call('PUBLISH', 'events:durable:' .. org, id .. ' ' .. payload)
+  if CLUSTER then
+    redis.call('SPUBLISH', of_org('events:durable:', org), id .. ' ' .. payload)
+  else
+    redis.call('PUBLISH', of_org('events:durable:', org), id .. ' ' .. payload)
+  end
   return id
 end
 
--- The newest id ever issued, or '0-0': an id above it was never issued.
-local function last_issued()
-  local last = redis.call('HMGET', 'events:last-id', 'ms', 'seq')
+-- The newest id ever issued to the org, or '0-0': an id above it was never issued there.
+local function last_issued(org)
+  local last = redis.call('HMGET', counter_key(org), 'ms', 'seq')
   if last[1] then
     return last[1] .. '-' .. last[2]
   end
@@ -182,25 +206,26 @@ end
 -- One page of several orgs' history, each org read from its own start, at most <count> entries
 -- per org (the caller keeps count x orgs small, so every call does bounded work):
 --   FCALL_RO event_gateway_page 0 <count> <org> <start> [<org> <start> ...]
--- -> { newest id issued, { {org, newest trimmed id or '0-0', oldest kept id or '',
---                            { {id, {'e', envelope}}, ... }}, ... } }
+--   (in cluster mode one org per call: FCALL_RO event_gateway_page 1 <org> <count> <org> <start>)
+-- -> { {org, newest trimmed id or '0-0', oldest kept id or '', { {id, {'e', envelope}}, ... },
+--       newest id issued to the org}, ... }
 -- <start> is an XRANGE start: '(<id>' for after an id, '<ms>-0' for from a time.
 local function page(keys, args)
   local count = args[1]
   local out = {}
   for i = 2, #args - 1, 2 do
     local org, start = args[i], args[i + 1]
-    local stream = 'events:history:' .. org
-    local deleted = redis.call('GET', 'events:trimmed:' .. org) or '0-0'
+    local stream = of_org('events:history:', org)
+    local deleted = redis.call('GET', of_org('events:trimmed:', org)) or '0-0'
     local oldest, entries = '', {}
     local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
     if first[1] then
       oldest = first[1][1]
       entries = redis.call('XRANGE', stream, start, '+', 'COUNT', count)
     end
-    out[#out + 1] = {org, deleted, oldest, entries}
+    out[#out + 1] = {org, deleted, oldest, entries, last_issued(org)}
   end
-  return {last_issued(), out}
+  return out
 end
 
 -- Connection registry, per user: the hash events:conns:{<sub>} holds, for every replica with

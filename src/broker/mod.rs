@@ -143,14 +143,15 @@ pub struct OrgPage {
     pub oldest_kept: Option<EventId>,
     /// Fewer entries than asked for: the org has nothing more after `read_through` for now.
     pub exhausted: bool,
+    /// The newest id ever issued to the org (in standalone mode: to any org, ids being global):
+    /// a cursor after it was never issued.
+    pub last_issued: Option<EventId>,
 }
 
 /// One bounded read of several orgs' history.
 #[derive(Debug)]
 pub struct Page {
     pub orgs: Vec<OrgPage>,
-    /// The newest id this history ever issued (any org): a cursor after it was never issued.
-    pub last_issued: Option<EventId>,
 }
 
 impl OrgPage {
@@ -162,6 +163,7 @@ impl OrgPage {
         count: usize,
         max_deleted: Option<EventId>,
         oldest_kept: Option<EventId>,
+        last_issued: Option<EventId>,
     ) -> Self {
         let exhausted = entries.len() < count;
         let read_through = entries.last().map(|(id, _)| *id);
@@ -185,6 +187,7 @@ impl OrgPage {
             trimmed,
             oldest_kept,
             exhausted,
+            last_issued,
         }
     }
 }

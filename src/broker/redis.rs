@@ -329,9 +329,9 @@ fn ack_key(user: &str) -> String {
 }
 
 /// One org's part of a page: org, max deleted id, oldest kept id, entries.
-type OrgPageReply = (String, String, String, Vec<(String, Vec<Vec<u8>>)>);
-/// What `event_gateway_page` answers: the newest id issued, then one part per org.
-type PageReply = (String, Vec<OrgPageReply>);
+/// One org's part of what `event_gateway_page` answers: org, newest trimmed id, oldest kept
+/// id, entries, newest id issued to the org.
+type OrgPageReply = (String, String, String, Vec<(String, Vec<Vec<u8>>)>, String);
 
 impl History {
     /// Loads the Functions on every primary.
@@ -387,29 +387,47 @@ impl History {
     }
 
     async fn read_page(&self, cursors: &[OrgCursor], count: usize) -> Result<Page, BrokerError> {
-        let mut connection = self.commands.get().await?;
-        let mut command = redis::cmd("FCALL_RO");
-        command.arg("event_gateway_page").arg(0).arg(count);
-        for cursor in cursors {
-            let start = match cursor.from {
-                ReplayFrom::After(id) => format!("({id}"),
-                ReplayFrom::Since(millis) => format!("{millis}-0"),
-            };
-            command.arg(cursor.org.as_str()).arg(start);
-        }
-        let (last_issued, per_org_reply): PageReply = match command.query_async(&mut connection).await {
-            Ok(reply) => reply,
-            Err(error) if is_missing_function(&error) => {
-                self.load_functions().await?;
-                command
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(command_error)?
+        let start = |cursor: &OrgCursor| match cursor.from {
+            ReplayFrom::After(id) => format!("({id}"),
+            ReplayFrom::Since(millis) => format!("{millis}-0"),
+        };
+        // Standalone: one call for every org. Cluster: one call per org, routed to its node by
+        // the org given as the key (an org's keys are all tagged with it).
+        let calls: Vec<redis::Cmd> = if self.commands.is_cluster() {
+            cursors
+                .iter()
+                .map(|cursor| {
+                    let mut command = redis::cmd("FCALL_RO");
+                    command
+                        .arg("event_gateway_page")
+                        .arg(1)
+                        .arg(cursor.org.as_str())
+                        .arg(count)
+                        .arg(cursor.org.as_str())
+                        .arg(start(cursor));
+                    command
+                })
+                .collect()
+        } else {
+            let mut command = redis::cmd("FCALL_RO");
+            command.arg("event_gateway_page").arg(0).arg(count);
+            for cursor in cursors {
+                command.arg(cursor.org.as_str()).arg(start(cursor));
             }
-            Err(error) => return Err(command_error(error)),
+            vec![command]
+        };
+        let replies: Vec<Vec<OrgPageReply>> = match self.commands.each(calls.clone()).await {
+            Ok(replies) => replies,
+            Err(BrokerError::Failed(message)) if message.contains("Function not found") => {
+                self.load_functions().await?;
+                self.commands.each(calls).await?
+            }
+            Err(error) => return Err(error),
         };
         let mut orgs = Vec::with_capacity(cursors.len());
-        for (cursor, (_, max_deleted, oldest, entries)) in cursors.iter().zip(per_org_reply) {
+        for (cursor, (_, max_deleted, oldest, entries, last_issued)) in
+            cursors.iter().zip(replies.into_iter().flatten())
+        {
             let entries = entries
                 .into_iter()
                 .filter_map(|(id, fields)| {
@@ -431,12 +449,10 @@ impl History {
                 count,
                 max_deleted.parse().ok(),
                 oldest.parse().ok(),
+                last_issued.parse().ok().filter(|id| *id != EventId::first_at(0)),
             ));
         }
-        Ok(Page {
-            orgs,
-            last_issued: last_issued.parse().ok().filter(|id| *id != EventId::first_at(0)),
-        })
+        Ok(Page { orgs })
     }
 }
 

@@ -243,7 +243,9 @@ impl Registry {
     /// hash of every user with a stream here, its count of every group in the hash of each org
     /// of the group; the fields of users and groups gone since the last heartbeat are removed.
     pub async fn heartbeat(&self, hub: &Hub) -> Result<(), BrokerError> {
-        let Some(commands) = &self.commands else { return Ok(()) };
+        let Some(commands) = &self.commands else {
+            return Ok(());
+        };
         let me = &*self.replica_id;
         let ttl_ms = HEARTBEAT_TTL.as_millis() as u64;
         let expires = (unix_millis() + ttl_ms).to_string();
@@ -254,7 +256,13 @@ impl Registry {
             let key = user_key(user);
             batch
                 .on(&key)
-                .hset_multiple(&key, &[(me.to_string(), count.to_string()), (expiry_field(me), expires.clone())])
+                .hset_multiple(
+                    &key,
+                    &[
+                        (me.to_string(), count.to_string()),
+                        (expiry_field(me), expires.clone()),
+                    ],
+                )
                 .ignore()
                 .pexpire(&key, ttl_ms as i64)
                 .ignore();
@@ -277,9 +285,16 @@ impl Registry {
         }
         {
             let written = self.written.lock();
-            for user in written.users.iter().filter(|user| !users.iter().any(|(now, _)| now == *user)) {
+            for user in written
+                .users
+                .iter()
+                .filter(|user| !users.iter().any(|(now, _)| now == *user))
+            {
                 let key = user_key(user);
-                batch.on(&key).hdel(&key, &[me.to_string(), expiry_field(me)]).ignore();
+                batch
+                    .on(&key)
+                    .hdel(&key, &[me.to_string(), expiry_field(me)])
+                    .ignore();
             }
             for group in written.groups.iter().filter(|group| !groups.contains_key(group)) {
                 for org in group.orgs() {
@@ -304,7 +319,10 @@ impl Registry {
         let mut batch = Batch::default();
         for user in &written.users {
             let key = user_key(user);
-            batch.on(&key).hdel(&key, &[me.to_string(), expiry_field(me)]).ignore();
+            batch
+                .on(&key)
+                .hdel(&key, &[me.to_string(), expiry_field(me)])
+                .ignore();
         }
         for group in &written.groups {
             for org in group.orgs() {

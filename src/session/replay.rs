@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::broker::{OrgCursor, Page, ReplayFrom, Truncation, TruncationReason};
-use crate::event::{Event, EventId};
+use crate::event::{Event, EventId, OrgId};
 use crate::hub::ReplayMarks;
 
 /// One org's part of a replay.
@@ -90,13 +90,19 @@ impl PagedReplay {
             self.started = true;
             // A start after the newest id ever issued is a position this history never had:
             // those orgs replay everything kept, and the client is told.
-            let unknown = |from: ReplayFrom| match from {
-                ReplayFrom::After(after) => page.last_issued.is_none_or(|last| after > last),
+            let last_issued = |org: &OrgId| {
+                page.orgs
+                    .iter()
+                    .find(|part| part.org == *org)
+                    .and_then(|part| part.last_issued)
+            };
+            let unknown = |org: &OrgReplay| match org.cursor.from {
+                ReplayFrom::After(after) => last_issued(&org.cursor.org).is_none_or(|last| after > last),
                 ReplayFrom::Since(_) => false,
             };
             let mut reset = false;
             for org in &mut self.orgs {
-                if unknown(org.cursor.from) {
+                if unknown(org) {
                     org.cursor.from = ReplayFrom::Since(0);
                     reset = true;
                 }
@@ -184,7 +190,7 @@ impl PagedReplay {
 mod tests {
     use super::*;
     use crate::broker::OrgPage;
-    use crate::event::{Envelope, OrgId};
+    use crate::event::Envelope;
 
     fn org(name: &str) -> OrgId {
         OrgId::parse(name).expect("valid")
@@ -207,14 +213,15 @@ mod tests {
             trimmed: None,
             oldest_kept: ids.first().map(|n| id(*n)),
             exhausted,
+            last_issued: None,
         }
     }
 
-    fn page(orgs: Vec<OrgPage>, last_issued: u64) -> Page {
-        Page {
-            orgs,
-            last_issued: Some(id(last_issued)),
+    fn page(mut orgs: Vec<OrgPage>, last_issued: u64) -> Page {
+        for org in &mut orgs {
+            org.last_issued = Some(id(last_issued));
         }
+        Page { orgs }
     }
 
     /// A replay of `orgs`, all from `from`.
