@@ -234,11 +234,11 @@ impl Broker {
         }
     }
 
-    /// Whether `id` is one this history issued (or could have: it is not after the newest id
-    /// handed out).
-    pub async fn was_issued(&self, id: EventId) -> Result<bool, BrokerError> {
+    /// Whether `id` is one this history issued to one of `orgs` (or could have: it is not after
+    /// the newest id handed out).
+    pub async fn was_issued(&self, orgs: &[OrgId], id: EventId) -> Result<bool, BrokerError> {
         let last = match self {
-            Self::Redis(redis) => redis.last_issued().await?,
+            Self::Redis(redis) => redis.last_issued(orgs).await?,
             Self::Embedded(embedded) => embedded.last_issued(),
         };
         Ok(last.is_some_and(|last| id <= last))

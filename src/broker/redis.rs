@@ -11,8 +11,8 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::commands::{seed_urls, Commands, COMMAND_TIMEOUT};
-use super::subscriptions::{parse_channel, ChannelKind, Subscriptions};
+use super::commands::{pubsub_cluster_client, seed_urls, Commands, COMMAND_TIMEOUT};
+use super::subscriptions::{parse_channel, ChannelKind, PubSub, Subscriptions};
 use super::{
     BrokerError, HistorySettings, Lease, OrgCursor, OrgPage, Page, PublishItem, RedisSettings, ReplayFrom,
 };
@@ -41,10 +41,15 @@ pub struct RedisBroker {
     subscriber: Mutex<Option<Subscriber>>,
 }
 
+/// How the pub/sub connection is made.
+enum PubSubClient {
+    Standalone(redis::Client, redis::aio::ConnectionManagerConfig),
+    Cluster(redis::cluster::ClusterClient),
+}
+
 /// What the pub/sub side is made of before it runs.
 struct Subscriber {
-    client: redis::Client,
-    config: redis::aio::ConnectionManagerConfig,
+    client: PubSubClient,
     pushes: UnboundedReceiver<PushInfo>,
     dispatcher: Dispatcher,
     shutdown: Shutdown,
@@ -126,14 +131,23 @@ impl RedisBroker {
     ) -> Result<Arc<Self>, BrokerError> {
         let url = redis.url.trim();
         let (push_sender, pushes) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
-        let client = redis::Client::open(connection_info(url).map_err(unavailable)?).map_err(unavailable)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_push_sender(push_sender)
-            .set_automatic_resubscription()
-            .set_number_of_retries(usize::MAX)
-            .set_max_delay(Duration::from_secs(2))
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT));
+        let client = if redis.cluster {
+            PubSubClient::Cluster(pubsub_cluster_client(&seed_urls(url), push_sender)?)
+        } else {
+            let client =
+                redis::Client::open(connection_info(url).map_err(unavailable)?).map_err(unavailable)?;
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_push_sender(push_sender)
+                .set_automatic_resubscription()
+                .set_number_of_retries(usize::MAX)
+                .set_max_delay(Duration::from_secs(2))
+                .set_connection_timeout(Some(COMMAND_TIMEOUT))
+                .set_response_timeout(Some(COMMAND_TIMEOUT));
+            PubSubClient::Standalone(client, config)
+        };
+        let subscriptions = Arc::new(Subscriptions::new(Duration::from_secs(
+            redis.unsubscribe_linger_secs,
+        )));
         // Command connections get the same timeouts as the pub/sub one (redis-rs's default
         // response timeout, 500 ms, is shorter than a large durable batch legitimately takes).
         let commands = if redis.cluster {
@@ -160,6 +174,8 @@ impl RedisBroker {
         let dispatcher = Dispatcher {
             hub,
             history: history.clone(),
+            subscriptions: subscriptions.clone(),
+            cluster: redis.cluster,
             ready: ready.clone(),
             max_event_bytes,
             subscribed: HashSet::new(),
@@ -171,13 +187,10 @@ impl RedisBroker {
         Ok(Arc::new(Self {
             commands,
             history,
-            subscriptions: Arc::new(Subscriptions::new(Duration::from_secs(
-                redis.unsubscribe_linger_secs,
-            ))),
+            subscriptions,
             ready,
             subscriber: Mutex::new(Some(Subscriber {
                 client,
-                config,
                 pushes,
                 dispatcher,
                 shutdown,
@@ -194,18 +207,43 @@ impl RedisBroker {
         let Some(parts) = self.subscriber.lock().take() else {
             return;
         };
-        let connection = match ConnectionManager::new_lazy_with_config(parts.client, parts.config) {
-            Ok(connection) => connection,
-            Err(error) => {
-                // Only a configuration the code above never builds fails here; the replica
-                // then stays not ready, which its readiness probe reports.
-                tracing::error!(%error, "Could not set up the Redis pub/sub connection.");
-                return;
+        match parts.client {
+            PubSubClient::Standalone(client, config) => {
+                match ConnectionManager::new_lazy_with_config(client, config) {
+                    Ok(connection) => self.subscriptions.attach(PubSub::Standalone(connection)),
+                    Err(error) => {
+                        // Only a configuration the code above never builds fails here; the
+                        // replica then stays not ready, which its readiness probe reports.
+                        tracing::error!(%error, "Could not set up the Redis pub/sub connection.");
+                        return;
+                    }
+                }
             }
-        };
-        self.subscriptions.attach(connection.clone());
+            PubSubClient::Cluster(client) => {
+                // A cluster connection needs the topology: made (and retried) in the background.
+                let subscriptions = self.subscriptions.clone();
+                let shutdown = parts.shutdown.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match client.get_async_connection().await {
+                            Ok(connection) => {
+                                subscriptions.attach(PubSub::Cluster(connection));
+                                return;
+                            }
+                            Err(error) => {
+                                tracing::debug!(%error, "The Redis Cluster is not reachable yet.");
+                            }
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+                            () = shutdown.stopped() => return,
+                        }
+                    }
+                });
+            }
+        }
         tokio::spawn(parts.dispatcher.run(parts.pushes, parts.shutdown.clone()));
-        tokio::spawn(probe_health(self.clone(), connection, parts.shutdown.clone()));
+        tokio::spawn(probe_health(self.clone(), parts.shutdown.clone()));
         tokio::spawn(sweep_subscriptions(self.subscriptions.clone(), parts.shutdown));
     }
 
@@ -222,37 +260,58 @@ impl RedisBroker {
         self.subscriptions.acquire(orgs).await
     }
 
+    /// Publishes `items` durably, atomically: all or none of them. In cluster mode a batch is
+    /// atomic per org (an org's events are on one node; a transaction cannot span nodes), and
+    /// the orgs of a batch are published one after another, in the batch's order of orgs.
     pub async fn publish(&self, items: &[PublishItem]) -> Result<Vec<EventId>, BrokerError> {
-        let mut connection = self.commands.get().await?;
-        let mut pipeline = redis::pipe();
-        if items.len() > 1 {
-            // One bad or failed event publishes none of the batch.
-            pipeline.atomic();
-        }
-        for item in items {
-            pipeline
-                .cmd("FCALL")
-                .arg("event_gateway_publish")
-                .arg(1)
-                .arg(item.org.as_str())
-                .arg(&item.raw);
-        }
-        let ids: Vec<String> = match pipeline.query_async(&mut connection).await {
-            Ok(ids) => ids,
-            Err(error) if is_missing_function(&error) => {
-                self.history.load_functions().await?;
-                pipeline
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(publish_error)?
+        let mut ids: Vec<Option<EventId>> = vec![None; items.len()];
+        let groups: Vec<Vec<usize>> = if self.commands.is_cluster() {
+            let mut groups: Vec<(&OrgId, Vec<usize>)> = Vec::new();
+            for (index, item) in items.iter().enumerate() {
+                match groups.iter_mut().find(|(org, _)| **org == item.org) {
+                    Some((_, indexes)) => indexes.push(index),
+                    None => groups.push((&item.org, vec![index])),
+                }
             }
-            Err(error) => return Err(publish_error(error)),
+            groups.into_iter().map(|(_, indexes)| indexes).collect()
+        } else {
+            vec![(0..items.len()).collect()]
         };
-        ids.iter()
-            .map(|id| {
-                id.parse()
-                    .map_err(|_| BrokerError::Failed(format!("unexpected event id {id:?}")))
-            })
+        let mut connection = self.commands.get().await?;
+        for group in groups {
+            let mut pipeline = redis::pipe();
+            if group.len() > 1 {
+                // One bad or failed event publishes none of the group.
+                pipeline.atomic();
+            }
+            for &index in &group {
+                pipeline
+                    .cmd("FCALL")
+                    .arg("event_gateway_publish")
+                    .arg(1)
+                    .arg(items[index].org.as_str())
+                    .arg(&items[index].raw);
+            }
+            let published: Vec<String> = match pipeline.query_async(&mut connection).await {
+                Ok(ids) => ids,
+                Err(error) if is_missing_function(&error) => {
+                    self.history.load_functions().await?;
+                    pipeline
+                        .query_async(&mut connection)
+                        .await
+                        .map_err(publish_error)?
+                }
+                Err(error) => return Err(publish_error(error)),
+            };
+            for (&index, id) in group.iter().zip(published) {
+                let id = id
+                    .parse()
+                    .map_err(|_| BrokerError::Failed(format!("unexpected event id {id:?}")))?;
+                ids[index] = Some(id);
+            }
+        }
+        ids.into_iter()
+            .map(|id| id.ok_or_else(|| BrokerError::Failed("Redis answered fewer ids than events".into())))
             .collect()
     }
 
@@ -260,17 +319,34 @@ impl RedisBroker {
         self.history.read_page(cursors, count).await
     }
 
-    /// The newest id the publish Function has handed out, if any.
-    pub async fn last_issued(&self) -> Result<Option<EventId>, BrokerError> {
-        let mut connection = self.commands.get().await?;
-        let (millis, seq): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
-            .arg(LAST_ID_KEY)
-            .arg("ms")
-            .arg("seq")
-            .query_async(&mut connection)
-            .await
-            .map_err(command_error)?;
-        Ok(millis.zip(seq).map(|(millis, seq)| EventId { millis, seq }))
+    /// The newest id the publish Function has handed out to any of `orgs` (in standalone mode,
+    /// to any org: ids are global there), if any.
+    pub async fn last_issued(&self, orgs: &[OrgId]) -> Result<Option<EventId>, BrokerError> {
+        let counters: Vec<String> = if self.commands.is_cluster() {
+            orgs.iter()
+                .map(|org| format!("events:last-id:{{{org}}}"))
+                .collect()
+        } else {
+            vec![LAST_ID_KEY.to_string()]
+        };
+        let reads = counters
+            .iter()
+            .map(|key| {
+                let mut command = redis::cmd("HMGET");
+                command.arg(key).arg("ms").arg("seq");
+                command
+            })
+            .collect();
+        let answers: Vec<(Option<u64>, Option<u64>)> = self.commands.each(reads).await?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|(millis, seq)| {
+                Some(EventId {
+                    millis: millis?,
+                    seq: seq?,
+                })
+            })
+            .max())
     }
 
     pub async fn save_ack(&self, user: &str, orgs: &[OrgId], id: EventId) -> Result<(), BrokerError> {
@@ -461,6 +537,10 @@ impl History {
 struct Dispatcher {
     hub: Arc<Hub>,
     history: History,
+    /// The orgs this replica wants, to restore a subscription the server dropped.
+    subscriptions: Arc<Subscriptions>,
+    /// Cluster mode: ids are ordered per org only.
+    cluster: bool,
     ready: Arc<AtomicBool>,
     max_event_bytes: usize,
     /// Orgs Redis has confirmed.
@@ -483,14 +563,15 @@ impl Dispatcher {
             };
             let Some(push) = push else { break };
             match push.kind {
-                PushKind::Message => self.on_message(&push.data),
-                PushKind::Subscribe => self.on_subscribed(&push.data).await,
+                PushKind::Message | PushKind::SMessage => self.on_message(&push.data),
+                PushKind::Subscribe | PushKind::SSubscribe => self.on_subscribed(&push.data).await,
                 PushKind::Unsubscribe => {
                     if let Some((_, org)) = channel_arg(&push.data).and_then(parse_channel) {
                         self.subscribed.remove(&org);
                         self.last_durable.remove(&org);
                     }
                 }
+                PushKind::SUnsubscribe => self.on_shard_unsubscribed(&push.data),
                 PushKind::Disconnection => self.on_disconnected(),
                 _ => {}
             }
@@ -503,15 +584,50 @@ impl Dispatcher {
         METRICS.redis_reconnected();
         self.ready.store(false, Ordering::Relaxed);
         tracing::warn!("Lost the Redis pub/sub connection; reconnecting.");
-        let gap_start = self.newest_durable;
+        // Standalone ids are global: nothing this replica missed is older than the newest it
+        // saw of any org. Cluster ids are per org: each org refills from its own newest.
+        let gap_start = if self.cluster { None } else { self.newest_durable };
         for org in self.subscribed.drain() {
-            // Ids are global: nothing this replica missed is older than the newest it saw.
             let from = match self.last_durable.get(&org).copied().max(gap_start) {
                 Some(last) => ReplayFrom::After(last),
                 None => ReplayFrom::Since(unix_millis()),
             };
             self.refill.insert(org, from);
         }
+    }
+
+    /// A sharded subscription ended: by this replica (the org is no longer wanted), or by the
+    /// server, when the channel's slot moved or its node failed over. A wanted org is
+    /// subscribed again (on the slot's new owner) and refilled from history once confirmed.
+    fn on_shard_unsubscribed(&mut self, data: &[Value]) {
+        let Some((_, org)) = channel_arg(data).and_then(parse_channel) else {
+            return;
+        };
+        let was_subscribed = self.subscribed.remove(&org);
+        if !self.subscriptions.wants(&org) {
+            self.last_durable.remove(&org);
+            return;
+        }
+        if was_subscribed {
+            let from = match self.last_durable.get(&org) {
+                Some(last) => ReplayFrom::After(*last),
+                None => ReplayFrom::Since(unix_millis()),
+            };
+            self.refill.insert(org.clone(), from);
+            tracing::warn!(org = %org, "Redis dropped a shard subscription; subscribing again.");
+        }
+        let subscriptions = self.subscriptions.clone();
+        tokio::spawn(async move {
+            for attempt in 0..30 {
+                match subscriptions.resubscribe(&org).await {
+                    Ok(()) => return,
+                    Err(error) if attempt == 29 => {
+                        tracing::warn!(org = %org, %error, "Could not subscribe again to a shard channel.");
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
     }
 
     async fn on_subscribed(&mut self, data: &[Value]) {
@@ -609,17 +725,27 @@ fn channel_arg(data: &[Value]) -> Option<&[u8]> {
 
 /// Probes Redis every second: readiness follows the answers, the Functions are reloaded when
 /// missing, and the pub/sub connection is kept trying to reconnect.
-async fn probe_health(broker: Arc<RedisBroker>, mut subscriber: ConnectionManager, shutdown: Shutdown) {
+async fn probe_health(broker: Arc<RedisBroker>, shutdown: Shutdown) {
     let mut was_ready = false;
     let mut ever_ready = false;
     let mut first_probe = true;
+    let mut ping = redis::cmd("PING");
+    ping.arg("event-gateway");
     loop {
         let probe = async {
             broker.history.ensure_functions().await?;
-            redis::cmd("PING")
-                .query_async::<Value>(&mut subscriber)
+            if !broker.subscriptions.is_attached() {
+                return Err(BrokerError::Unavailable(
+                    "the pub/sub connection is not made yet".into(),
+                ));
+            }
+            // Every primary answers (the one Redis in standalone mode).
+            broker
+                .commands
+                .on_every_primary(&ping)
                 .await
                 .map_err(command_error)?;
+            broker.subscriptions.ping().await?;
             Ok::<(), BrokerError>(())
         };
         let ready = match tokio::time::timeout(COMMAND_TIMEOUT * 2, probe).await {

@@ -1,5 +1,7 @@
 //! Which org channels this replica is subscribed to on its one pub/sub connection: SUBSCRIBE
-//! (the org's live and durable channels) when an org's first local client arrives, UNSUBSCRIBE a while after its last one leaves.
+//! (the org's live and durable channels) when an org's first local client arrives, UNSUBSCRIBE a
+//! while after its last one leaves. In cluster mode the channels are sharded (`SSUBSCRIBE` on
+//! the org's node) and tagged with the org (`events:org:{<org>}`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -7,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
 
 use super::BrokerError;
 use crate::event::OrgId;
@@ -30,17 +33,12 @@ pub enum ChannelKind {
     Durable,
 }
 
-/// The live pub/sub channel of an org.
+/// The live pub/sub channel of an org (standalone mode).
 pub fn channel_of(org: &OrgId) -> String {
     format!("{LIVE_PREFIX}{org}")
 }
 
-/// The durable pub/sub channel of an org.
-pub fn durable_channel_of(org: &OrgId) -> String {
-    format!("{DURABLE_PREFIX}{org}")
-}
-
-/// The org and kind of a pub/sub channel, if it is one of ours.
+/// The org and kind of a pub/sub channel, if it is one of ours (either mode's names).
 pub fn parse_channel(channel: &[u8]) -> Option<(ChannelKind, OrgId)> {
     let channel = std::str::from_utf8(channel).ok()?;
     let (kind, org) = if let Some(org) = channel.strip_prefix(LIVE_PREFIX) {
@@ -48,18 +46,60 @@ pub fn parse_channel(channel: &[u8]) -> Option<(ChannelKind, OrgId)> {
     } else {
         (ChannelKind::Durable, channel.strip_prefix(DURABLE_PREFIX)?)
     };
+    let org = org
+        .strip_prefix('{')
+        .and_then(|tagged| tagged.strip_suffix('}'))
+        .unwrap_or(org);
     Some((kind, OrgId::parse(org).ok()?))
 }
 
-/// Both channels of an org, subscribed and unsubscribed together.
-fn channels_of(org: &OrgId) -> Vec<String> {
-    vec![channel_of(org), durable_channel_of(org)]
+/// Both channels of an org, subscribed and unsubscribed together: `events:org:<org>` and
+/// `events:durable:<org>`, or in cluster mode `events:org:{<org>}` and
+/// `events:durable:{<org>}` (one hash slot, so one `SSUBSCRIBE` on the org's node).
+pub fn channels_of(org: &OrgId, cluster: bool) -> Vec<String> {
+    if cluster {
+        vec![
+            format!("{LIVE_PREFIX}{{{org}}}"),
+            format!("{DURABLE_PREFIX}{{{org}}}"),
+        ]
+    } else {
+        vec![channel_of(org), format!("{DURABLE_PREFIX}{org}")]
+    }
+}
+
+/// The replica's one pub/sub connection.
+#[derive(Clone)]
+pub enum PubSub {
+    /// RESP3; resubscribes by itself after reconnecting.
+    Standalone(ConnectionManager),
+    /// Sharded subscriptions, each on the node that owns the channel's slot.
+    Cluster(ClusterConnection),
+}
+
+impl PubSub {
+    fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    async fn subscribe(&mut self, channels: Vec<String>) -> redis::RedisResult<()> {
+        match self {
+            Self::Standalone(connection) => connection.subscribe(channels).await,
+            Self::Cluster(connection) => connection.ssubscribe(channels).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channels: Vec<String>) -> redis::RedisResult<()> {
+        match self {
+            Self::Standalone(connection) => connection.unsubscribe(channels).await,
+            Self::Cluster(connection) => connection.sunsubscribe(channels).await,
+        }
+    }
 }
 
 pub struct Subscriptions {
     /// The replica's one pub/sub connection (RESP3; it resubscribes by itself after reconnecting),
     /// attached once it is created on the thread that reads it (`RedisBroker::start_subscriber`).
-    connection: OnceLock<ConnectionManager>,
+    connection: OnceLock<PubSub>,
     attached: tokio::sync::Notify,
     /// Subscribed orgs and how many local streams hold each. An entry exists only once Redis
     /// has confirmed the subscription.
@@ -111,14 +151,14 @@ impl Subscriptions {
     }
 
     /// Attaches the pub/sub connection; streams waiting for it go on.
-    pub fn attach(&self, connection: ConnectionManager) {
+    pub fn attach(&self, connection: PubSub) {
         if self.connection.set(connection).is_ok() {
             self.attached.notify_waiters();
         }
     }
 
     /// The pub/sub connection, once attached.
-    async fn connection(&self) -> ConnectionManager {
+    async fn connection(&self) -> PubSub {
         loop {
             // Created before the check, so an `attach` in between is not missed.
             let attached = self.attached.notified();
@@ -163,7 +203,8 @@ impl Subscriptions {
             if !self.hold_existing(org) {
                 let subscribe = async {
                     let mut connection = self.connection().await;
-                    connection.subscribe(channels_of(org)).await
+                    let channels = channels_of(org, connection.is_cluster());
+                    connection.subscribe(channels).await
                 };
                 tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe)
                     .await
@@ -214,7 +255,8 @@ impl Subscriptions {
         };
         for org in idle {
             let mut connection = connection.clone();
-            if let Err(error) = connection.unsubscribe(channels_of(&org)).await {
+            let channels = channels_of(&org, connection.is_cluster());
+            if let Err(error) = connection.unsubscribe(channels).await {
                 tracing::warn!(org = %org, %error, "Unsubscribing an idle org failed; it stays subscribed until reconnection.");
             }
         }
@@ -222,6 +264,51 @@ impl Subscriptions {
 
     pub fn linger(&self) -> Duration {
         self.linger
+    }
+
+    /// A PING on the pub/sub connection (which also kicks its reconnection after an error).
+    pub async fn ping(&self) -> Result<(), BrokerError> {
+        let Some(connection) = self.connection.get() else {
+            return Err(BrokerError::Unavailable(
+                "the pub/sub connection is not made yet".into(),
+            ));
+        };
+        let ping = redis::cmd("PING");
+        let answer = match connection.clone() {
+            PubSub::Standalone(mut connection) => ping.query_async::<redis::Value>(&mut connection).await,
+            PubSub::Cluster(mut connection) => ping.query_async::<redis::Value>(&mut connection).await,
+        };
+        answer
+            .map(|_| ())
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+    }
+
+    /// Whether the pub/sub connection exists yet.
+    pub fn is_attached(&self) -> bool {
+        self.connection.get().is_some()
+    }
+
+    /// Subscribes `org` again if a stream still holds it: the server dropped the subscription
+    /// (a sharded channel whose slot moved, or whose node failed over).
+    pub async fn resubscribe(&self, org: &OrgId) -> Result<(), BrokerError> {
+        let Some(connection) = self.connection.get() else {
+            return Ok(());
+        };
+        let _changes = self.changes.lock().await;
+        if !self.state.lock().contains_key(org) {
+            return Ok(());
+        }
+        let mut connection = connection.clone();
+        let channels = channels_of(org, connection.is_cluster());
+        tokio::time::timeout(SUBSCRIBE_TIMEOUT, connection.subscribe(channels))
+            .await
+            .map_err(|_| BrokerError::Unavailable("SSUBSCRIBE timed out".into()))?
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+    }
+
+    /// Whether a stream holds `org` (it is subscribed, or lingering).
+    pub fn wants(&self, org: &OrgId) -> bool {
+        self.state.lock().contains_key(org)
     }
 }
 
@@ -232,8 +319,10 @@ mod tests {
     #[test]
     fn channels_map_to_orgs_and_back() {
         let org = OrgId::parse("org-1").expect("valid");
-        assert_eq!(channel_of(&org), "events:org:org-1");
-        assert_eq!(durable_channel_of(&org), "events:durable:org-1");
+        assert_eq!(
+            channels_of(&org, false),
+            ["events:org:org-1", "events:durable:org-1"]
+        );
         assert_eq!(
             parse_channel(b"events:org:org-1"),
             Some((ChannelKind::Live, org.clone()))
@@ -244,5 +333,23 @@ mod tests {
         );
         assert_eq!(parse_channel(b"events:org:bad org"), None);
         assert_eq!(parse_channel(b"other:org-1"), None);
+    }
+
+    #[test]
+    fn cluster_channels_carry_the_org_as_their_hash_tag_and_map_back() {
+        let org = OrgId::parse("org-1").expect("valid");
+        assert_eq!(
+            channels_of(&org, true),
+            ["events:org:{org-1}", "events:durable:{org-1}"]
+        );
+        assert_eq!(
+            parse_channel(b"events:org:{org-1}"),
+            Some((ChannelKind::Live, org.clone()))
+        );
+        assert_eq!(
+            parse_channel(b"events:durable:{org-1}"),
+            Some((ChannelKind::Durable, org))
+        );
+        assert_eq!(parse_channel(b"events:org:{org-1"), None);
     }
 }

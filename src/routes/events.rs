@@ -171,7 +171,7 @@ pub async fn acknowledge(
         )
     })?;
     let id = parse_event_id(&ack.last_event_id)?;
-    if !state.broker.was_issued(id).await? {
+    if !state.broker.was_issued(&claims.orgs, id).await? {
         return Err(ApiError::bad_request(
             "invalid_last_event_id",
             format!("{id} is not an id this gateway's history has issued"),
