@@ -371,14 +371,23 @@ impl RedisBroker {
         }
         let names: Vec<&str> = orgs.iter().map(OrgId::as_str).collect();
         let mut connection = self.commands.get().await?;
-        let (raw, legacy): (Vec<Option<String>>, Option<String>) = redis::pipe()
-            .cmd("HMGET")
-            .arg(ack_key(user))
-            .arg(&names)
-            .get(legacy_ack_key(user))
-            .query_async(&mut connection)
-            .await
-            .map_err(command_error)?;
+        let mut positions = redis::cmd("HMGET");
+        positions.arg(ack_key(user)).arg(&names);
+        let (raw, legacy): (Vec<Option<String>>, Option<String>) = if self.commands.is_cluster() {
+            // No earlier version ran in cluster mode: there is no legacy key to read.
+            let raw = positions
+                .query_async(&mut connection)
+                .await
+                .map_err(command_error)?;
+            (raw, None)
+        } else {
+            redis::pipe()
+                .add_command(positions)
+                .get(legacy_ack_key(user))
+                .query_async(&mut connection)
+                .await
+                .map_err(command_error)?
+        };
         let acks: Vec<(OrgId, EventId)> = orgs
             .iter()
             .zip(raw)

@@ -5,6 +5,7 @@
 mod common;
 
 mod auth;
+mod cluster;
 mod embedded;
 mod hardening;
 mod health;

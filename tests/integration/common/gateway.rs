@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, OnceCell};
 use tokio::task::JoinHandle;
 
 use super::http::send;
+use super::redis_cluster::RedisCluster;
 use super::redis_server::RedisServer;
 use super::sse::SseClient;
 use super::token::TEST_SECRET;
@@ -44,6 +45,11 @@ impl GatewayOptions {
     /// Redis mode against `redis`.
     pub fn new(redis: &RedisServer) -> Self {
         Self::with_redis_url(&redis.url())
+    }
+
+    /// Redis Cluster mode against `cluster` (its seed nodes, `GATEWAY__REDIS__CLUSTER=true`).
+    pub fn cluster(cluster: &RedisCluster) -> Self {
+        Self::with_redis_url(&cluster.url()).env("GATEWAY__REDIS__CLUSTER", "true")
     }
 
     /// Embedded broker mode (`GATEWAY__REDIS__URL=""`).

@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod gateway;
 pub mod http;
 pub mod raw;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod sse;
 pub mod token;

@@ -1,0 +1,212 @@
+//! Redis Cluster mode (`redis.cluster = true`, docs/protocol.md §10): each test runs its own
+//! cluster of three primaries and three replicas, with orgs placed on different shards.
+
+use std::collections::BTreeSet;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::envelope::envelope;
+use crate::common::gateway::{spawn_gateway, Gateway, GatewayOptions};
+use crate::common::http::{assert_refused_with_retry_after, send};
+use crate::common::redis_cluster::RedisCluster;
+use crate::common::sse::SseClient;
+use crate::common::token::{ops, service, TokenBuilder};
+use crate::common::{within, STEP_TIMEOUT};
+
+const TICKET: &str = "ticket.created";
+
+/// Three orgs whose keys live on three different primaries.
+async fn orgs_on_three_shards(cluster: &RedisCluster) -> [String; 3] {
+    let mut chosen: Vec<(String, u16)> = Vec::new();
+    for n in 0..200 {
+        let org = format!("org-{n}");
+        let primary = cluster.primary_of(&org).await;
+        if !chosen.iter().any(|(_, taken)| *taken == primary) {
+            chosen.push((org, primary));
+        }
+        if chosen.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(chosen.len(), 3, "no three orgs on three shards among 200 names");
+    [chosen[0].0.clone(), chosen[1].0.clone(), chosen[2].0.clone()]
+}
+
+async fn cluster_gateway(cluster: &RedisCluster) -> Gateway {
+    spawn_gateway(GatewayOptions::cluster(cluster)).await
+}
+
+fn ticket(org: &str, label: &str) -> Value {
+    envelope(org, TICKET, label).into()
+}
+
+fn token_for(sub: &str, orgs: &[String]) -> String {
+    orgs.iter()
+        .fold(TokenBuilder::new(sub, "ops"), |token, org| token.org(org))
+        .sign()
+}
+
+/// The labels of the next `count` data events, as a set (orgs on different shards are not
+/// ordered with each other).
+async fn next_labels(client: &mut SseClient, count: usize) -> BTreeSet<String> {
+    let mut labels = BTreeSet::new();
+    for _ in 0..count {
+        labels.insert(client.next_data_event().await.label());
+    }
+    labels
+}
+
+fn set(labels: &[&str]) -> BTreeSet<String> {
+    labels.iter().map(|label| label.to_string()).collect()
+}
+
+/// `POST /api/publish` of `envelopes`, asserting `202`; returns the ids.
+async fn publish(gateway: &Gateway, orgs: &[&str], envelopes: Value) -> Vec<String> {
+    let response = gateway.publish_http(&service(orgs), &envelopes).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED, "POST /api/publish");
+    let body: Value = response.json().await.expect("a JSON body");
+    body["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|id| id.as_str().expect("ids are strings").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn live_spublish_on_each_orgs_tagged_channel_reaches_a_stream_of_orgs_on_three_shards() {
+    let cluster = RedisCluster::start().await;
+    let orgs = orgs_on_three_shards(&cluster).await;
+    let gateway = cluster_gateway(&cluster).await;
+    let mut olivia = gateway.connect_ready(&token_for("olivia", &orgs), "").await;
+    let mut publisher = cluster.connection().await;
+    for org in &orgs {
+        let receivers: i64 = redis::cmd("SPUBLISH")
+            .arg(format!("events:org:{{{org}}}"))
+            .arg(ticket(org, org).to_string())
+            .query_async(&mut publisher)
+            .await
+            .expect("SPUBLISH");
+        assert_eq!(receivers, 1, "the gateway subscribes {org}'s shard channel");
+    }
+    let expected: Vec<&str> = orgs.iter().map(String::as_str).collect();
+    assert_eq!(next_labels(&mut olivia, 3).await, set(&expected));
+}
+
+#[tokio::test]
+async fn fcall_with_the_org_as_its_key_publishes_durably_on_the_orgs_shard() {
+    let cluster = RedisCluster::start().await;
+    let orgs = orgs_on_three_shards(&cluster).await;
+    let gateway = cluster_gateway(&cluster).await;
+    let mut olivia = gateway.connect_ready(&ops("olivia", &orgs[1]), "").await;
+    let mut publisher = cluster.connection().await;
+    let id: String = redis::cmd("FCALL")
+        .arg("event_gateway_publish")
+        .arg(1)
+        .arg(&orgs[1])
+        .arg(ticket(&orgs[1], "durable").to_string())
+        .query_async(&mut publisher)
+        .await
+        .expect("FCALL event_gateway_publish 1 <org> on the org's primary");
+    let event = olivia.next_data_event().await;
+    assert_eq!(event.label(), "durable");
+    assert_eq!(event.id, Some(id));
+}
+
+#[tokio::test]
+async fn an_http_batch_over_three_shards_reaches_a_stream_of_all_three_with_ids() {
+    let cluster = RedisCluster::start().await;
+    let orgs = orgs_on_three_shards(&cluster).await;
+    let gateway = cluster_gateway(&cluster).await;
+    let mut olivia = gateway.connect_ready(&token_for("olivia", &orgs), "").await;
+    let names: Vec<&str> = orgs.iter().map(String::as_str).collect();
+    let batch = json!([
+        ticket(&orgs[0], "a"),
+        ticket(&orgs[1], "b"),
+        ticket(&orgs[2], "c")
+    ]);
+    let ids = publish(&gateway, &names, batch).await;
+    assert_eq!(ids.len(), 3);
+    let mut seen = BTreeSet::new();
+    for _ in 0..3 {
+        let event = olivia.next_data_event().await;
+        assert!(
+            event.id.as_ref().is_some_and(|id| ids.contains(id)),
+            "{event:?} carries its id"
+        );
+        seen.insert(event.label());
+    }
+    assert_eq!(seen, set(&["a", "b", "c"]));
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_an_org_after_the_id_in_cluster_mode() {
+    let cluster = RedisCluster::start().await;
+    let orgs = orgs_on_three_shards(&cluster).await;
+    let gateway = cluster_gateway(&cluster).await;
+    let org = &orgs[2];
+    let batch = json!([ticket(org, "e1"), ticket(org, "e2"), ticket(org, "e3")]);
+    let ids = publish(&gateway, &[org], batch).await;
+    let request = gateway
+        .events_request("")
+        .bearer_auth(ops("olivia", org))
+        .header("Last-Event-ID", &ids[0]);
+    let mut olivia = SseClient::open(request).await;
+    olivia.expect_connected().await;
+    for (label, id) in [("e2", &ids[1]), ("e3", &ids[2])] {
+        let event = olivia.next_data_event().await;
+        assert_eq!((event.label(), event.id.as_ref()), (label.to_string(), Some(id)));
+    }
+}
+
+#[tokio::test]
+async fn since_ack_resumes_each_org_from_its_own_position_in_cluster_mode() {
+    let cluster = RedisCluster::start().await;
+    let orgs = orgs_on_three_shards(&cluster).await;
+    let gateway = cluster_gateway(&cluster).await;
+    let (first, second) = (&orgs[0], &orgs[1]);
+    let in_first = publish(
+        &gateway,
+        &[first],
+        json!([ticket(first, "a1"), ticket(first, "a2")]),
+    )
+    .await;
+    let in_second = publish(
+        &gateway,
+        &[second],
+        json!([ticket(second, "b1"), ticket(second, "b2")]),
+    )
+    .await;
+    for (org, id) in [(first, &in_first[0]), (second, &in_second[0])] {
+        let ack = send(
+            gateway
+                .http()
+                .post(gateway.url("/api/events/ack"))
+                .bearer_auth(ops("olivia", org))
+                .json(&json!({"lastEventId": id})),
+        )
+        .await;
+        assert_eq!(ack.status(), StatusCode::NO_CONTENT, "ack in {org}");
+    }
+    let both = token_for("olivia", &[first.clone(), second.clone()]);
+    let mut olivia = gateway.connect_ready(&both, "since=ack").await;
+    assert_eq!(next_labels(&mut olivia, 2).await, set(&["a2", "b2"]));
+}
+
+#[tokio::test]
+async fn per_user_connection_limit_holds_across_replicas_in_cluster_mode() {
+    let cluster = RedisCluster::start().await;
+    let options = || GatewayOptions::cluster(&cluster).env("GATEWAY__LIMITS__MAX_CONNECTIONS_PER_USER", "2");
+    let (a, b) = tokio::join!(spawn_gateway(options()), spawn_gateway(options()));
+    let token = ops("olivia", "org-1");
+    let _first = a.connect_ready(&token, "").await;
+    let _second = b.connect_ready(&token, "").await;
+    let third = within(
+        STEP_TIMEOUT,
+        "the third stream to be refused",
+        send(a.events_request("").bearer_auth(&token)),
+    )
+    .await;
+    assert_refused_with_retry_after(third, StatusCode::TOO_MANY_REQUESTS).await;
+}

@@ -1,0 +1,220 @@
+//! A private Redis Cluster per test group: three primaries and three replicas of
+//! `redis-server --cluster-enabled yes` on free loopback ports, joined by `redis-cli --cluster
+//! create`, killed on drop. About two seconds to come up.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+/// How long the cluster may take to form (`cluster_state:ok` on every node).
+const FORM_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct RedisCluster {
+    ports: Vec<u16>,
+    processes: Vec<Child>,
+    _dir: TempDir,
+}
+
+impl RedisCluster {
+    /// Starts six nodes and makes them a cluster of three primaries with one replica each.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("creating a working directory for the cluster");
+        let ports: Vec<u16> = free_ports(6);
+        let mut processes = Vec::new();
+        for port in &ports {
+            let node_dir = dir.path().join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("creating a node directory");
+            let process = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ])
+                .arg("--dir")
+                .arg(&node_dir)
+                .arg("--logfile")
+                .arg(node_dir.join("redis.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawning redis-server (is it installed?)");
+            processes.push(process);
+        }
+        let cluster = RedisCluster {
+            ports,
+            processes,
+            _dir: dir,
+        };
+        for port in &cluster.ports {
+            cluster.wait_for_node(*port).await;
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        cluster.wait_until_formed().await;
+        cluster
+    }
+
+    /// The seed URLs, comma-separated, as `redis.url` takes them in cluster mode.
+    pub fn url(&self) -> String {
+        self.ports
+            .iter()
+            .map(|port| format!("redis://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A cluster client for the test's own commands (routed by key, like a publisher's).
+    pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|port| format!("redis://127.0.0.1:{port}"))
+            .collect();
+        redis::cluster::ClusterClient::new(nodes)
+            .expect("a cluster client")
+            .get_async_connection()
+            .await
+            .expect("connecting to the test cluster")
+    }
+
+    /// The port of the primary that owns `key`'s slot.
+    pub async fn primary_of(&self, key: &str) -> u16 {
+        let mut any = node(self.ports[0]).await.expect("a node answers");
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut any)
+            .await
+            .expect("CLUSTER KEYSLOT");
+        let shards: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut any)
+            .await
+            .expect("CLUSTER SLOTS");
+        for shard in shards {
+            let redis::Value::Array(parts) = shard else {
+                continue;
+            };
+            let (
+                Some(redis::Value::Int(start)),
+                Some(redis::Value::Int(end)),
+                Some(redis::Value::Array(primary)),
+            ) = (parts.first(), parts.get(1), parts.get(2))
+            else {
+                continue;
+            };
+            if (*start..=*end).contains(&slot) {
+                if let Some(redis::Value::Int(port)) = primary.get(1) {
+                    return *port as u16;
+                }
+            }
+        }
+        panic!("no primary owns slot {slot}");
+    }
+
+    async fn wait_for_node(&self, port: u16) {
+        let deadline = tokio::time::Instant::now() + FORM_TIMEOUT;
+        while node(port).await.is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cluster node {port} did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_until_formed(&self) {
+        let deadline = tokio::time::Instant::now() + FORM_TIMEOUT;
+        loop {
+            let mut formed = true;
+            for port in &self.ports {
+                let Some(mut connection) = node(*port).await else {
+                    formed = false;
+                    break;
+                };
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap_or_default();
+                if !info.contains("cluster_state:ok") {
+                    formed = false;
+                    break;
+                }
+            }
+            if formed {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the test cluster did not form"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for process in &mut self.processes {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+/// A plain connection to one node, if it answers.
+async fn node(port: u16) -> Option<redis::aio::MultiplexedConnection> {
+    let attempt = async {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+        let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .ok()?;
+        Some(connection)
+    };
+    tokio::time::timeout(Duration::from_millis(500), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// `count` distinct free ports whose cluster bus ports (+10000) are below 65536.
+fn free_ports(count: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    let mut listeners = Vec::new();
+    while ports.len() < count {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+        let port = listener.local_addr().expect("a bound address").port();
+        if port < 55000 && !ports.contains(&port) && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            ports.push(port);
+        }
+        listeners.push(listener);
+    }
+    ports
+}
