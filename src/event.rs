@@ -85,7 +85,7 @@ pub struct InvalidEventId;
 
 /// The last millisecond of the year 9999: no id of this gateway's is later, so any id it
 /// parses also has a successor that Redis can range from.
-const MAX_ID_MILLIS: u64 = 253_402_300_799_999;
+pub const MAX_ID_MILLIS: u64 = 253_402_300_799_999;
 
 impl EventId {
     /// The smallest id published at or after `millis`.
@@ -413,6 +413,12 @@ impl Event {
     /// The frame as sent to clients, including the `id:` line of a durable event.
     pub fn frame(&self) -> &Bytes {
         &self.frame
+    }
+
+    /// The frame without its `id:` line and its closing blank line (`event:` and `data:` lines):
+    /// the part shared by every stream that writes its own `id:` after it (a resume cursor).
+    pub fn frame_body(&self) -> Bytes {
+        self.frame.slice(self.id_line_len..self.frame.len() - 1)
     }
 
     /// The frame without its `id:` line: sent when this event overtakes queued durable events,

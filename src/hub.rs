@@ -18,6 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
 use crate::clock::unix_secs;
+use crate::cursor::Cursor;
 use crate::event::{Event, EventId, OrgId, Priority};
 use crate::metrics::{DeliveryStats, METRICS};
 use crate::policy::Viewer;
@@ -120,6 +121,14 @@ struct Slot {
     /// The stream is replaying history: durable events are not queued (the replay reads them
     /// from history), so a long replay never fills the queue. Live events still are.
     replaying: bool,
+    /// For a stream of several orgs whose ids are ordered per org: the positions the client
+    /// has received, written as the `id:` of each durable event (after its shared lines).
+    cursor: Option<Box<Cursor>>,
+}
+
+/// The `id:` line and blank line that close an event's block for a stream with a cursor.
+fn cursor_line(cursor: &Cursor) -> Bytes {
+    Bytes::from(format!("id: {}\n\n", cursor.encode()))
 }
 
 impl Slot {
@@ -431,6 +440,26 @@ impl Subscriber {
         Some(keepalive)
     }
 
+    /// From now on the stream's durable events carry `cursor`, advanced by each of them, as
+    /// their `id:`.
+    pub fn track_cursor(&self, cursor: Cursor) {
+        self.slot.lock().cursor = Some(Box::new(cursor));
+    }
+
+    /// Writes a replayed event: `frame` as is, or, for a stream with a cursor, the event's
+    /// shared lines then the cursor after it.
+    pub fn write_replayed(&self, event: &Event, frame: &Bytes, out: &mut BytesMut) {
+        let mut slot = self.slot.lock();
+        match (&mut slot.cursor, event.id) {
+            (Some(cursor), Some(id)) => {
+                cursor.advance(&event.org, id);
+                out.extend_from_slice(&event.frame_body());
+                out.extend_from_slice(&cursor_line(cursor));
+            }
+            _ => out.extend_from_slice(frame),
+        }
+    }
+
     /// Asks for `waker` to be woken by the stream's next keepalive, expiry, drain or queued
     /// event, for a stream that is waiting on something else (its replay's turn).
     pub fn park(&self, waker: &Waker) {
@@ -495,11 +524,11 @@ impl Subscriber {
                 continue;
             }
             oldest = oldest.or(Some(event.received_at));
-            frames.push(if overtook_durable {
-                event.frame_without_id()
+            if overtook_durable {
+                frames.push(event.frame_without_id());
             } else {
-                event.frame().clone()
-            });
+                push_frame(&mut frames, &mut slot.cursor, &event);
+            }
             events += 1;
         }
         while !frames.is_full() {
@@ -510,7 +539,7 @@ impl Subscriber {
                 continue;
             }
             oldest = oldest.or(Some(event.received_at));
-            frames.push(event.frame().clone());
+            push_frame(&mut frames, &mut slot.cursor, &event);
             events += 1;
         }
         let drained = slot.high.is_empty() && slot.normal.is_empty();
@@ -546,6 +575,19 @@ impl Subscriber {
             events,
             oldest,
         }
+    }
+}
+
+/// Adds `event` to a write: its shared frame, or, for a stream with a cursor, its shared lines
+/// and the cursor advanced past it.
+fn push_frame(frames: &mut Chunk, cursor: &mut Option<Box<Cursor>>, event: &Event) {
+    match (cursor, event.id) {
+        (Some(cursor), Some(id)) => {
+            cursor.advance(&event.org, id);
+            frames.push(event.frame_body());
+            frames.push(cursor_line(cursor));
+        }
+        _ => frames.push(event.frame().clone()),
     }
 }
 

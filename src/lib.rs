@@ -4,13 +4,14 @@
 //! the matching ones, with durable history for resume.
 //!
 //! Reading order: `settings` and `telemetry` (start-up), `event` (the boundary), `auth` and
-//! `policy` (who sees what), `broker` (Redis or embedded: where events come from), `hub` (local
+//! `policy` (who sees what), `cursor` (resume positions per org), `broker` (Redis or embedded: where events come from), `hub` (local
 //! fan-out), `session` (opening a stream, paged replay, live), `sse` (its framing), `routes` and
 //! `error` (the HTTP edge), `startup` (wiring).
 
 pub mod auth;
 pub mod broker;
 pub mod clock;
+pub mod cursor;
 pub mod error;
 pub mod event;
 pub mod hub;

@@ -130,11 +130,11 @@ impl EmbeddedBroker {
         self.state.lock().last_id
     }
 
-    pub fn save_ack(&self, user: &str, orgs: &[OrgId], id: EventId) {
+    pub fn save_acks(&self, user: &str, positions: &[(OrgId, EventId)]) {
         let mut acks = self.acks.lock();
-        let positions = acks.entry(user.to_string()).or_default();
-        for org in orgs {
-            positions.insert(org.clone(), id);
+        let stored = acks.entry(user.to_string()).or_default();
+        for (org, id) in positions {
+            stored.insert(org.clone(), *id);
         }
     }
 
@@ -232,7 +232,7 @@ mod tests {
         let broker = broker(2);
         let id = EventId { millis: 5, seq: 0 };
         let a = OrgId::parse("a").expect("valid");
-        broker.save_ack("u1", std::slice::from_ref(&a), id);
+        broker.save_acks("u1", &[(a.clone(), id)]);
         assert_eq!(
             broker.load_acks("u1", std::slice::from_ref(&a)),
             vec![(a.clone(), id)]
@@ -248,8 +248,8 @@ mod tests {
             OrgId::parse("b").expect("valid"),
         );
         let (early, late) = (EventId { millis: 5, seq: 0 }, EventId { millis: 9, seq: 0 });
-        broker.save_ack("u1", &[a.clone(), b.clone()], early);
-        broker.save_ack("u1", std::slice::from_ref(&b), late);
+        broker.save_acks("u1", &[(a.clone(), early), (b.clone(), early)]);
+        broker.save_acks("u1", &[(b.clone(), late)]);
         assert_eq!(
             broker.load_acks("u1", &[a.clone(), b.clone()]),
             vec![(a, early), (b, late)]

@@ -244,15 +244,27 @@ impl Broker {
         Ok(last.is_some_and(|last| id <= last))
     }
 
-    /// Stores a user's acknowledged position `id` for each of `orgs` (the orgs of the token
-    /// that acknowledged it); the user's positions in other orgs are left as they were.
-    pub async fn save_ack(&self, user: &str, orgs: &[OrgId], id: EventId) -> Result<(), BrokerError> {
+    /// Stores a user's acknowledged position in each org named; the user's positions in other
+    /// orgs are left as they were.
+    pub async fn save_acks(&self, user: &str, positions: &[(OrgId, EventId)]) -> Result<(), BrokerError> {
+        if positions.is_empty() {
+            return Ok(());
+        }
         match self {
-            Self::Redis(redis) => redis.save_ack(user, orgs, id).await,
+            Self::Redis(redis) => redis.save_acks(user, positions).await,
             Self::Embedded(embedded) => {
-                embedded.save_ack(user, orgs, id);
+                embedded.save_acks(user, positions);
                 Ok(())
             }
+        }
+    }
+
+    /// Whether ids are ordered per org only (Redis Cluster mode), so that a stream of several
+    /// orgs resumes from a cursor of per-org positions rather than from one id.
+    pub fn ids_per_org(&self) -> bool {
+        match self {
+            Self::Redis(redis) => redis.is_cluster(),
+            Self::Embedded(_) => false,
         }
     }
 

@@ -349,10 +349,16 @@ impl RedisBroker {
             .max())
     }
 
-    pub async fn save_ack(&self, user: &str, orgs: &[OrgId], id: EventId) -> Result<(), BrokerError> {
+    pub fn is_cluster(&self) -> bool {
+        self.commands.is_cluster()
+    }
+
+    pub async fn save_acks(&self, user: &str, positions: &[(OrgId, EventId)]) -> Result<(), BrokerError> {
         let key = ack_key(user);
-        let id = id.to_string();
-        let fields: Vec<(&str, &str)> = orgs.iter().map(|org| (org.as_str(), id.as_str())).collect();
+        let fields: Vec<(&str, String)> = positions
+            .iter()
+            .map(|(org, id)| (org.as_str(), id.to_string()))
+            .collect();
         let mut connection = self.commands.get().await?;
         redis::pipe()
             .atomic()

@@ -6,8 +6,9 @@ use serde::Deserialize;
 
 use super::{read_body, AppState};
 use crate::clock::unix_secs;
+use crate::cursor::{DecodedCursor, Position};
 use crate::error::ApiError;
-use crate::event::EventId;
+use crate::event::{EventId, OrgId};
 use crate::hub::Shard;
 use crate::policy::TypeFilter;
 use crate::session::{OpenRequest, Start};
@@ -23,7 +24,8 @@ pub struct EventsQuery {
     pub types: Option<TypeFilter>,
     /// `since=`: `Start::Since` (a time) or `Start::Ack`.
     pub since: Option<Start>,
-    pub last_event_id: Option<EventId>,
+    /// `lastEventId=`: an event id or a resume cursor.
+    pub last_event_id: Option<Start>,
 }
 
 /// `since=`: an RFC 3339 time or epoch milliseconds (`Start::Since`), or `ack`.
@@ -56,6 +58,20 @@ fn parse_event_id(raw: &str) -> Result<EventId, ApiError> {
     })
 }
 
+/// A resume position: an event id, or the cursor of a stream whose orgs' ids are ordered per
+/// org (cluster mode).
+fn parse_position(raw: &str) -> Result<Start, ApiError> {
+    if DecodedCursor::looks_like(raw.trim()) {
+        return DecodedCursor::parse(raw).map(Start::Cursor).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_last_event_id",
+                format!("{raw:?} is not a resume cursor of this gateway"),
+            )
+        });
+    }
+    parse_event_id(raw).map(Start::After)
+}
+
 impl EventsQuery {
     /// Parses a query string; a bad value is a `400` naming the parameter.
     pub fn parse(query: &str) -> Result<Self, ApiError> {
@@ -71,7 +87,7 @@ impl EventsQuery {
                     );
                 }
                 "since" if !value.is_empty() => parsed.since = Some(parse_since(&value)?),
-                "lastEventId" if !value.is_empty() => parsed.last_event_id = Some(parse_event_id(&value)?),
+                "lastEventId" if !value.is_empty() => parsed.last_event_id = Some(parse_position(&value)?),
                 _ => {}
             }
         }
@@ -81,7 +97,7 @@ impl EventsQuery {
 
 /// Where the stream starts: `Last-Event-ID` header, then `lastEventId`, then `since`.
 fn start_of(request: &HttpRequest, query: &EventsQuery) -> Result<Option<Start>, ApiError> {
-    let header_id = match request.headers().get("last-event-id") {
+    let header = match request.headers().get("last-event-id") {
         Some(value) => {
             let raw = value.to_str().map_err(|_| {
                 ApiError::bad_request("invalid_last_event_id", "Last-Event-ID is not readable text")
@@ -89,15 +105,14 @@ fn start_of(request: &HttpRequest, query: &EventsQuery) -> Result<Option<Start>,
             if raw.trim().is_empty() {
                 None
             } else {
-                Some(parse_event_id(raw)?)
+                Some(parse_position(raw)?)
             }
         }
         None => None,
     };
-    if let Some(id) = header_id.or(query.last_event_id) {
-        return Ok(Some(Start::After(id)));
-    }
-    Ok(query.since)
+    Ok(header
+        .or_else(|| query.last_event_id.clone())
+        .or_else(|| query.since.clone()))
 }
 
 /// The client's IP for rate limiting: the peer, or the forwarded client when configured.
@@ -170,14 +185,30 @@ pub async fn acknowledge(
             format!("expected {{\"lastEventId\":\"<id>\"}}: {e}"),
         )
     })?;
-    let id = parse_event_id(&ack.last_event_id)?;
-    if !state.broker.was_issued(&claims.orgs, id).await? {
-        return Err(ApiError::bad_request(
-            "invalid_last_event_id",
-            format!("{id} is not an id this gateway's history has issued"),
-        ));
+    // A plain id is the position in every org of the token; a cursor names each org's own.
+    let positions: Vec<(OrgId, EventId)> = match parse_position(&ack.last_event_id)? {
+        Start::Cursor(cursor) => claims
+            .orgs
+            .iter()
+            .filter_map(|org| match cursor.position_of(org)? {
+                Position::After(id) => Some((org.clone(), id)),
+                Position::From(_) => None,
+            })
+            .collect(),
+        _ => {
+            let id = parse_event_id(&ack.last_event_id)?;
+            claims.orgs.iter().map(|org| (org.clone(), id)).collect()
+        }
+    };
+    if let Some(newest) = positions.iter().map(|(_, id)| *id).max() {
+        if !state.broker.was_issued(&claims.orgs, newest).await? {
+            return Err(ApiError::bad_request(
+                "invalid_last_event_id",
+                format!("{newest} is not an id this gateway's history has issued"),
+            ));
+        }
     }
-    state.broker.save_ack(&claims.sub, &claims.orgs, id).await?;
+    state.broker.save_acks(&claims.sub, &positions).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -220,7 +251,10 @@ mod tests {
             Some("invalid_query")
         );
         let parsed = EventsQuery::parse("types=ticket.*&lastEventId=5-1&_=123").expect("valid query");
-        assert_eq!(parsed.last_event_id, Some(EventId { millis: 5, seq: 1 }));
+        assert_eq!(
+            parsed.last_event_id,
+            Some(Start::After(EventId { millis: 5, seq: 1 }))
+        );
         assert!(parsed.types.is_some());
     }
 }
@@ -259,7 +293,7 @@ mod properties {
         fn a_last_event_id_parameter_round_trips(millis in 0u64..=253_402_300_799_999, seq in any::<u64>()) {
             let id = EventId { millis, seq };
             let parsed = EventsQuery::parse(&format!("lastEventId={id}")).expect("a valid id");
-            prop_assert_eq!(parsed.last_event_id, Some(id));
+            prop_assert_eq!(parsed.last_event_id, Some(Start::After(id)));
         }
     }
 }

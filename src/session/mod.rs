@@ -17,6 +17,7 @@ use self::replay::PagedReplay;
 use crate::auth::Claims;
 use crate::broker::{Broker, BrokerError, Lease, OrgCursor, Page, Permit, Registry, ReplayFrom, Truncation};
 use crate::clock::{unix_millis, unix_secs};
+use crate::cursor::{Cursor, DecodedCursor, Position};
 use crate::event::{Event, EventId};
 use crate::hub::{Output, ReplayMarks, Shard, Subscriber};
 use crate::limits::{RateLimiter, StreamSlot, StreamSlots};
@@ -26,10 +27,13 @@ use crate::policy::{Policy, PolicyError, TypeFilter};
 const MAX_REPLAY_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Where a stream asks to start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Start {
     /// After this event (`Last-Event-ID`, `lastEventId`).
     After(EventId),
+    /// From each org's position in a resume cursor (`Last-Event-ID`, `lastEventId`); an org it
+    /// does not name starts now.
+    Cursor(DecodedCursor),
     /// From this time, in milliseconds since the epoch (`since=`).
     Since(u64),
     /// From the user's acknowledged cursor (`since=ack`); live only when there is none.
@@ -145,6 +149,18 @@ impl Sessions {
         };
         Ok(match start {
             Start::After(id) => every_org(ReplayFrom::After(id)),
+            Start::Cursor(cursor) => {
+                let now = ReplayFrom::Since(unix_millis());
+                let cursors = claims.orgs.iter().map(|org| OrgCursor {
+                    org: org.clone(),
+                    from: match cursor.position_of(org) {
+                        Some(Position::After(id)) => ReplayFrom::After(id),
+                        Some(Position::From(millis)) => ReplayFrom::Since(millis),
+                        None => now,
+                    },
+                });
+                Some(cursors.collect())
+            }
             Start::Since(millis) => every_org(ReplayFrom::Since(millis)),
             Start::Ack => {
                 let acks = self.broker.load_acks(&claims.sub, &claims.orgs).await?;
@@ -198,6 +214,21 @@ impl Sessions {
         // confirms the subscription is queued for this stream (or, while it replays, read from
         // history).
         let subscriber = shard.register(viewer, &claims.role, claims.exp, now, cursors.is_some());
+        // Ids ordered per org: a stream of several orgs says where it is with a cursor of
+        // per-org positions, starting where each org starts.
+        if self.broker.ids_per_org() && claims.orgs.len() > 1 {
+            let live_from = Position::From(unix_millis());
+            subscriber.track_cursor(Cursor::starting(&claims.orgs, |org| {
+                let start = cursors
+                    .as_ref()
+                    .and_then(|cursors| cursors.iter().find(|cursor| cursor.org == *org));
+                match start.map(|cursor| cursor.from) {
+                    Some(ReplayFrom::After(id)) => Position::After(id),
+                    Some(ReplayFrom::Since(millis)) => Position::From(millis),
+                    None => live_from,
+                }
+            }));
+        }
         let registration = Registration {
             shard,
             subscriber: subscriber.clone(),
@@ -421,7 +452,7 @@ impl ReplayDriver {
                     break;
                 };
                 if subscriber.may_see(&event) {
-                    out.extend_from_slice(framing.replayed(&event));
+                    subscriber.write_replayed(&event, framing.replayed(&event), &mut out);
                 }
             }
             if out.len() >= MAX_REPLAY_CHUNK_BYTES {

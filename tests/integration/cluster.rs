@@ -115,7 +115,7 @@ async fn fcall_with_the_org_as_its_key_publishes_durably_on_the_orgs_shard() {
 }
 
 #[tokio::test]
-async fn an_http_batch_over_three_shards_reaches_a_stream_of_all_three_with_ids() {
+async fn an_http_batch_over_three_shards_reaches_a_stream_of_all_three_each_closed_by_its_cursor() {
     let cluster = RedisCluster::start().await;
     let orgs = orgs_on_three_shards(&cluster).await;
     let gateway = cluster_gateway(&cluster).await;
@@ -132,8 +132,8 @@ async fn an_http_batch_over_three_shards_reaches_a_stream_of_all_three_with_ids(
     for _ in 0..3 {
         let event = olivia.next_data_event().await;
         assert!(
-            event.id.as_ref().is_some_and(|id| ids.contains(id)),
-            "{event:?} carries its id"
+            event.id.as_ref().is_some_and(|id| id.starts_with("c1.")),
+            "{event:?} carries the stream's cursor"
         );
         seen.insert(event.label());
     }
@@ -209,4 +209,108 @@ async fn per_user_connection_limit_holds_across_replicas_in_cluster_mode() {
     )
     .await;
     assert_refused_with_retry_after(third, StatusCode::TOO_MANY_REQUESTS).await;
+}
+
+#[tokio::test]
+async fn the_cursor_of_a_stream_of_three_shards_resumes_every_org_exactly() {
+    let cluster = RedisCluster::start().await;
+    let orgs = orgs_on_three_shards(&cluster).await;
+    let gateway = cluster_gateway(&cluster).await;
+    let names: Vec<&str> = orgs.iter().map(String::as_str).collect();
+    let token = token_for("olivia", &orgs);
+    let mut olivia = gateway.connect_ready(&token, "").await;
+    publish(
+        &gateway,
+        &names,
+        json!([
+            ticket(&orgs[0], "a1"),
+            ticket(&orgs[1], "b1"),
+            ticket(&orgs[2], "c1")
+        ]),
+    )
+    .await;
+    let mut last_cursor = None;
+    let mut seen = BTreeSet::new();
+    for _ in 0..3 {
+        let event = olivia.next_data_event().await;
+        seen.insert(event.label());
+        last_cursor = event.id;
+    }
+    assert_eq!(seen, set(&["a1", "b1", "c1"]));
+    drop(olivia);
+    let cursor = last_cursor.expect("durable events carry the stream's cursor");
+    assert!(cursor.len() <= 1024, "the cursor is {} bytes", cursor.len());
+    publish(
+        &gateway,
+        &names,
+        json!([
+            ticket(&orgs[0], "a2"),
+            ticket(&orgs[1], "b2"),
+            ticket(&orgs[2], "c2")
+        ]),
+    )
+    .await;
+    let request = gateway
+        .events_request("")
+        .bearer_auth(&token)
+        .header("Last-Event-ID", &cursor);
+    let mut resumed = SseClient::open(request).await;
+    resumed.expect_connected().await;
+    publish(&gateway, &[&orgs[0]], json!([ticket(&orgs[0], "control")])).await;
+    let mut after = Vec::new();
+    loop {
+        let label = resumed.next_data_event().await.label();
+        if label == "control" {
+            break;
+        }
+        after.push(label);
+    }
+    after.sort();
+    assert_eq!(
+        after,
+        ["a2", "b2", "c2"],
+        "every org resumed after what was received, once"
+    );
+}
+
+#[tokio::test]
+async fn an_acknowledged_cursor_resumes_since_ack_in_every_org_it_names() {
+    let cluster = RedisCluster::start().await;
+    let orgs = orgs_on_three_shards(&cluster).await;
+    let gateway = cluster_gateway(&cluster).await;
+    let names: Vec<&str> = orgs.iter().map(String::as_str).collect();
+    let token = token_for("olivia", &orgs[..2]);
+    let mut olivia = gateway.connect_ready(&token, "").await;
+    publish(
+        &gateway,
+        &names[..2],
+        json!([ticket(&orgs[0], "a1"), ticket(&orgs[1], "b1")]),
+    )
+    .await;
+    let first = olivia.next_data_event().await;
+    let second = olivia.next_data_event().await;
+    drop(olivia);
+    let ack = send(
+        gateway
+            .http()
+            .post(gateway.url("/api/events/ack"))
+            .bearer_auth(&token)
+            .json(&json!({"lastEventId": second.id.clone().expect("a cursor")})),
+    )
+    .await;
+    assert_eq!(ack.status(), StatusCode::NO_CONTENT, "ack of a cursor");
+    publish(
+        &gateway,
+        &names[..2],
+        json!([ticket(&orgs[0], "a2"), ticket(&orgs[1], "b2")]),
+    )
+    .await;
+    let mut resumed = gateway.connect_ready(&token, "since=ack").await;
+    assert_eq!(
+        next_labels(&mut resumed, 2).await,
+        set(&["a2", "b2"]),
+        "after {} and {}",
+        first.label(),
+        second.label()
+    );
 }
