@@ -43,6 +43,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the broker refused the request: {0}")]
     BrokerRejected(String),
+    #[error("{0}")]
+    NotReplicated(String),
     /// The detail is logged where this is built, never sent: it may hold Redis internals.
     #[error("the gateway could not complete the request; it has been logged")]
     Internal,
@@ -72,6 +74,17 @@ impl From<BrokerError> for ApiError {
                 tracing::error!(%detail, "Redis failed a request.");
                 Self::Internal
             }
+            BrokerError::NotReplicated { wanted, held } => {
+                tracing::warn!(
+                    wanted,
+                    held,
+                    "A durable publish was not confirmed by enough replicas in time."
+                );
+                Self::NotReplicated(format!(
+                    "the events were stored, but only {held} of the {wanted} replicas required confirmed them in time; \
+                     publishing again may store them twice"
+                ))
+            }
         }
     }
 }
@@ -99,6 +112,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BrokerRejected(_) => "invalid_envelope",
+            Self::NotReplicated(_) => "not_replicated",
             Self::Internal => "internal_error",
         }
     }
@@ -112,7 +126,9 @@ impl ResponseError for ApiError {
             Self::BadRequest { .. } | Self::BrokerRejected(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::NotReady(_) | Self::Draining | Self::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady(_) | Self::Draining | Self::ServerFull | Self::NotReplicated(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::RateLimited(_) | Self::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -129,6 +145,7 @@ impl ResponseError for ApiError {
             Self::NotReady(_)
             | Self::Draining
             | Self::ServerFull
+            | Self::NotReplicated(_)
             | Self::RateLimited(_)
             | Self::TooManyConnections(_) => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));

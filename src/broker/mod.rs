@@ -25,6 +25,9 @@ pub struct RedisSettings {
     pub url: String,
     /// Redis Cluster mode (`SSUBSCRIBE`, keys tagged per org, routed commands).
     pub cluster: bool,
+    /// `POST /api/publish` answers `202` only once this many replicas of the org's Redis hold
+    /// the events (`WAIT`); `0`: once the primary has them.
+    pub min_replicas_ack: u32,
     /// Seconds an org stays subscribed after its last local stream leaves.
     pub unsubscribe_linger_secs: u64,
 }
@@ -51,6 +54,9 @@ pub enum BrokerError {
     /// may hold Redis internals.
     #[error("the broker failed: {0}")]
     Failed(String),
+    /// Published, but fewer replicas than `redis.min_replicas_ack` confirmed it in time.
+    #[error("published, but only {held} of the {wanted} replicas required confirmed it in time")]
+    NotReplicated { wanted: u32, held: i64 },
 }
 
 /// One validated envelope to publish durably.

@@ -28,11 +28,15 @@ const FUNCTIONS_TEMPLATE: &str = include_str!("functions.lua");
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Events read per call when filling the gap an outage left.
 const GAP_FILL_PAGE: usize = 256;
+/// How long a durable publish waits for `redis.min_replicas_ack` replicas.
+const REPLICA_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The publish Function's id counter (see functions.lua).
 const LAST_ID_KEY: &str = "events:last-id";
 
 pub struct RedisBroker {
     commands: Commands,
+    /// `redis.min_replicas_ack`.
+    min_replicas_ack: u32,
     history: History,
     subscriptions: Arc<Subscriptions>,
     /// Redis answered the last probe and the Functions are loaded.
@@ -186,6 +190,7 @@ impl RedisBroker {
         };
         Ok(Arc::new(Self {
             commands,
+            min_replicas_ack: redis.min_replicas_ack,
             history,
             subscriptions,
             ready,
@@ -308,6 +313,19 @@ impl RedisBroker {
                     .parse()
                     .map_err(|_| BrokerError::Failed(format!("unexpected event id {id:?}")))?;
                 ids[index] = Some(id);
+            }
+            if self.min_replicas_ack > 0 {
+                let org = items[group[0]].org.as_str();
+                let held = connection
+                    .wait_for_replicas(org, self.min_replicas_ack, REPLICA_ACK_TIMEOUT.as_millis() as u64)
+                    .await
+                    .map_err(command_error)?;
+                if held < i64::from(self.min_replicas_ack) {
+                    return Err(BrokerError::NotReplicated {
+                        wanted: self.min_replicas_ack,
+                        held,
+                    });
+                }
             }
         }
         ids.into_iter()
@@ -599,6 +617,19 @@ impl Dispatcher {
         METRICS.redis_reconnected();
         self.ready.store(false, Ordering::Relaxed);
         tracing::warn!("Lost the Redis pub/sub connection; reconnecting.");
+        if self.cluster {
+            // A node of the cluster went away (a primary failed, or was replaced): subscribe
+            // every wanted org again, each on whichever node owns its slot once the cluster
+            // has settled; the confirmations refill the gaps below. (The cluster connection's
+            // own resubscription does not cover a promoted replica.)
+            let subscriptions = self.subscriptions.clone();
+            let orgs: Vec<OrgId> = self.subscribed.iter().cloned().collect();
+            tokio::spawn(async move {
+                for org in orgs {
+                    resubscribe_until_done(&subscriptions, &org).await;
+                }
+            });
+        }
         // Standalone ids are global: nothing this replica missed is older than the newest it
         // saw of any org. Cluster ids are per org: each org refills from its own newest.
         let gap_start = if self.cluster { None } else { self.newest_durable };
@@ -632,17 +663,7 @@ impl Dispatcher {
             tracing::warn!(org = %org, "Redis dropped a shard subscription; subscribing again.");
         }
         let subscriptions = self.subscriptions.clone();
-        tokio::spawn(async move {
-            for attempt in 0..30 {
-                match subscriptions.resubscribe(&org).await {
-                    Ok(()) => return,
-                    Err(error) if attempt == 29 => {
-                        tracing::warn!(org = %org, %error, "Could not subscribe again to a shard channel.");
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-        });
+        tokio::spawn(async move { resubscribe_until_done(&subscriptions, &org).await });
     }
 
     async fn on_subscribed(&mut self, data: &[Value]) {
@@ -728,6 +749,20 @@ impl Dispatcher {
             None => METRICS.event_received(Source::Live),
         }
         self.hub.publish(&event);
+    }
+}
+
+/// Subscribes `org` again, retrying while its shard has no reachable primary (a failover
+/// takes a few seconds), for up to a minute.
+async fn resubscribe_until_done(subscriptions: &Subscriptions, org: &OrgId) {
+    for attempt in 0..120 {
+        match subscriptions.resubscribe(org).await {
+            Ok(()) => return,
+            Err(error) if attempt == 119 => {
+                tracing::warn!(org = %org, %error, "Could not subscribe again to a shard channel.");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
     }
 }
 

@@ -314,3 +314,81 @@ async fn an_acknowledged_cursor_resumes_since_ack_in_every_org_it_names() {
         second.label()
     );
 }
+
+#[tokio::test]
+async fn a_primary_killed_while_durable_events_flow_loses_no_acknowledged_event_and_the_stream_stays_open() {
+    let mut cluster = RedisCluster::start().await;
+    let gateway =
+        spawn_gateway(GatewayOptions::cluster(&cluster).env("GATEWAY__REDIS__MIN_REPLICAS_ACK", "1")).await;
+    let org = "org-1";
+    let mut olivia = gateway.connect_ready(&ops("olivia", org), "").await;
+    let token = service(&[org]);
+    let mut acknowledged = Vec::new();
+    let mut attempt = 0;
+    let mut publish_one = async |acknowledged: &mut Vec<String>| {
+        attempt += 1;
+        let label = format!("e{attempt}");
+        let response = gateway.publish_http(&token, &ticket(org, &label)).await;
+        if response.status() == StatusCode::ACCEPTED {
+            acknowledged.push(label);
+        }
+        response.status()
+    };
+    for _ in 0..10 {
+        assert_eq!(publish_one(&mut acknowledged).await, StatusCode::ACCEPTED);
+    }
+    let killed = cluster.kill_primary_of(org).await;
+    // The promoted replica has no replica of its own: no publish can be acknowledged by one
+    // replica until the failed node is back (as its replica). Meanwhile publishes are refused.
+    for _ in 0..3 {
+        assert_ne!(
+            publish_one(&mut acknowledged).await,
+            StatusCode::ACCEPTED,
+            "acknowledged without a replica"
+        );
+    }
+    cluster.restart_node(killed).await;
+    let after_kill = acknowledged.len();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while acknowledged.len() < after_kill + 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing did not resume after the failover"
+        );
+        if publish_one(&mut acknowledged).await != StatusCode::ACCEPTED {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(
+        publish(&gateway, &[org], json!([ticket(org, "control")]))
+            .await
+            .len(),
+        1
+    );
+    let mut received = Vec::new();
+    loop {
+        let label = within(
+            STEP_TIMEOUT * 3,
+            "the stream's next event",
+            olivia.next_data_event(),
+        )
+        .await
+        .label();
+        if label == "control" {
+            break;
+        }
+        received.push(label);
+    }
+    let mut unique = received.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), received.len(), "no event twice: {received:?}");
+    let acknowledged_received: Vec<&String> = received
+        .iter()
+        .filter(|label| acknowledged.contains(label))
+        .collect();
+    assert_eq!(
+        acknowledged_received,
+        acknowledged.iter().collect::<Vec<_>>(),
+        "every acknowledged event once, in order"
+    );
+}

@@ -14,7 +14,7 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct RedisCluster {
     ports: Vec<u16>,
     processes: Vec<Child>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl RedisCluster {
@@ -22,36 +22,11 @@ impl RedisCluster {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("creating a working directory for the cluster");
         let ports: Vec<u16> = free_ports(6);
-        let mut processes = Vec::new();
-        for port in &ports {
-            let node_dir = dir.path().join(port.to_string());
-            std::fs::create_dir_all(&node_dir).expect("creating a node directory");
-            let process = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-                .args([
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--repl-diskless-sync-delay",
-                    "0",
-                ])
-                .arg("--dir")
-                .arg(&node_dir)
-                .arg("--logfile")
-                .arg(node_dir.join("redis.log"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawning redis-server (is it installed?)");
-            processes.push(process);
-        }
+        let processes = ports.iter().map(|port| spawn_node(*port, dir.path())).collect();
         let cluster = RedisCluster {
             ports,
             processes,
-            _dir: dir,
+            dir,
         };
         for port in &cluster.ports {
             cluster.wait_for_node(*port).await;
@@ -103,37 +78,90 @@ impl RedisCluster {
 
     /// The port of the primary that owns `key`'s slot.
     pub async fn primary_of(&self, key: &str) -> u16 {
-        let mut any = node(self.ports[0]).await.expect("a node answers");
+        for port in &self.ports {
+            if let Some(primary) = self.primary_of_via(*port, key).await {
+                return primary;
+            }
+        }
+        panic!("no node of the test cluster says who owns {key:?}");
+    }
+
+    /// Kills (SIGKILL) the primary that owns `key`'s slot and waits until a replica has taken
+    /// its place (`cluster_state:ok` again, the slot served by another node). Returns the port
+    /// of the killed node.
+    pub async fn kill_primary_of(&mut self, key: &str) -> u16 {
+        let port = self.primary_of(key).await;
+        let index = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .expect("the primary is ours");
+        let _ = self.processes[index].kill();
+        let _ = self.processes[index].wait();
+        let survivor = *self.ports.iter().find(|p| **p != port).expect("other nodes");
+        let deadline = tokio::time::Instant::now() + FORM_TIMEOUT;
+        loop {
+            if let Some(mut connection) = node(survivor).await {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") && self.primary_of_via(survivor, key).await != Some(port)
+                {
+                    return port;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no replica took over from {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts the node on `port` again (after `kill_primary_of`): it keeps its cluster
+    /// configuration and rejoins, as a replica of the node that took its place.
+    pub async fn restart_node(&mut self, port: u16) {
+        let index = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .expect("a node of ours");
+        self.processes[index] = spawn_node(port, self.dir.path());
+        self.wait_for_node(port).await;
+    }
+
+    /// The port of the primary owning `key`'s slot, as node `via` sees the cluster.
+    async fn primary_of_via(&self, via: u16, key: &str) -> Option<u16> {
+        let mut connection = node(via).await?;
         let slot: i64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
-            .query_async(&mut any)
+            .query_async(&mut connection)
             .await
-            .expect("CLUSTER KEYSLOT");
+            .ok()?;
         let shards: Vec<redis::Value> = redis::cmd("CLUSTER")
             .arg("SLOTS")
-            .query_async(&mut any)
+            .query_async(&mut connection)
             .await
-            .expect("CLUSTER SLOTS");
-        for shard in shards {
+            .ok()?;
+        shards.into_iter().find_map(|shard| {
             let redis::Value::Array(parts) = shard else {
-                continue;
+                return None;
             };
-            let (
-                Some(redis::Value::Int(start)),
-                Some(redis::Value::Int(end)),
-                Some(redis::Value::Array(primary)),
-            ) = (parts.first(), parts.get(1), parts.get(2))
-            else {
-                continue;
-            };
-            if (*start..=*end).contains(&slot) {
-                if let Some(redis::Value::Int(port)) = primary.get(1) {
-                    return *port as u16;
-                }
+            match (parts.first(), parts.get(1), parts.get(2)) {
+                (
+                    Some(redis::Value::Int(start)),
+                    Some(redis::Value::Int(end)),
+                    Some(redis::Value::Array(primary)),
+                ) if (*start..=*end).contains(&slot) => match primary.get(1) {
+                    Some(redis::Value::Int(port)) => Some(*port as u16),
+                    _ => None,
+                },
+                _ => None,
             }
-        }
-        panic!("no primary owns slot {slot}");
+        })
     }
 
     async fn wait_for_node(&self, port: u16) {
@@ -185,6 +213,31 @@ impl Drop for RedisCluster {
             let _ = process.wait();
         }
     }
+}
+
+fn spawn_node(port: u16, dir: &std::path::Path) -> Child {
+    let node_dir = dir.join(port.to_string());
+    std::fs::create_dir_all(&node_dir).expect("creating a node directory");
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--repl-diskless-sync-delay",
+            "0",
+        ])
+        .arg("--dir")
+        .arg(&node_dir)
+        .arg("--logfile")
+        .arg(node_dir.join("redis.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning redis-server (is it installed?)")
 }
 
 /// A plain connection to one node, if it answers.
