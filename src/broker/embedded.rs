@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{OrgCursor, OrgPage, Page, PublishItem};
+use super::{HistoryBounds, OrgCursor, OrgPage, Page, PublishItem};
 use crate::clock::unix_millis;
 use crate::event::{Event, EventId, OrgId};
 use crate::hub::Hub;
@@ -26,6 +26,8 @@ pub struct EmbeddedBroker {
 #[derive(Default)]
 struct State {
     last_id: Option<EventId>,
+    /// The first id this process issued: history before it went with the previous process.
+    first_id: Option<EventId>,
     orgs: HashMap<OrgId, OrgHistory>,
 }
 
@@ -72,6 +74,7 @@ impl EmbeddedBroker {
                 None => EventId::first_at(now),
             };
             state.last_id = Some(id);
+            state.first_id.get_or_insert(id);
             let event = Arc::new(Event::new(item.org.clone(), Some(id), item.envelope));
             let history = state.orgs.entry(item.org).or_default();
             history.events.push_back(event.clone());
@@ -87,6 +90,7 @@ impl EmbeddedBroker {
         let now = unix_millis();
         let mut state = self.state.lock();
         let last_issued = state.last_id;
+        let epoch_start = state.first_id;
         let orgs = cursors
             .iter()
             .map(|cursor| {
@@ -96,9 +100,11 @@ impl EmbeddedBroker {
                         cursor.from,
                         Vec::new(),
                         count,
-                        None,
-                        None,
-                        last_issued,
+                        HistoryBounds {
+                            last_issued,
+                            epoch_start,
+                            ..HistoryBounds::default()
+                        },
                     );
                 };
                 history.trim(now, self.retention_millis, self.max_events_per_org);
@@ -116,9 +122,12 @@ impl EmbeddedBroker {
                     cursor.from,
                     entries,
                     count,
-                    history.max_deleted,
-                    history.events.front().and_then(|e| e.id),
-                    last_issued,
+                    HistoryBounds {
+                        max_deleted: history.max_deleted,
+                        oldest_kept: history.events.front().and_then(|e| e.id),
+                        last_issued,
+                        epoch_start,
+                    },
                 )
             })
             .collect();

@@ -117,7 +117,7 @@ local function next_id(org, stream)
   local time = redis.call('TIME')
   local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
   local ms, seq = now, 0
-  local last = redis.call('HMGET', counter_key(org), 'ms', 'seq')
+  local last = redis.call('HMGET', counter_key(org), 'ms', 'seq', 'epoch')
   if last[1] then
     local last_ms, last_seq = tonumber(last[1]), tonumber(last[2])
     if ms <= last_ms then
@@ -133,7 +133,21 @@ local function next_id(org, stream)
     end
   end
   redis.call('HSET', counter_key(org), 'ms', string.format('%d', ms), 'seq', string.format('%d', seq))
+  -- The epoch: the first id issued since the counter was created. A counter that is missing
+  -- means Redis lost what it had (a restart without persistence, a flush) or never had any:
+  -- every position before the epoch's first id belongs to a history that is gone. A counter of
+  -- an earlier version has no epoch: '0-0', all positions count.
+  if not last[1] then
+    redis.call('HSET', counter_key(org), 'epoch', string.format('%d-%d', ms, seq))
+  elseif not last[3] then
+    redis.call('HSET', counter_key(org), 'epoch', '0-0')
+  end
   return ms, seq
+end
+
+-- The first id of the current epoch, or '0-0' when unknown.
+local function epoch_start(org)
+  return redis.call('HGET', counter_key(org), 'epoch') or '0-0'
 end
 
 -- Trims the org's history by count and age, remembering the newest id it removed in
@@ -208,7 +222,7 @@ end
 --   FCALL_RO event_gateway_page 0 <count> <org> <start> [<org> <start> ...]
 --   (in cluster mode one org per call: FCALL_RO event_gateway_page 1 <org> <count> <org> <start>)
 -- -> { {org, newest trimmed id or '0-0', oldest kept id or '', { {id, {'e', envelope}}, ... },
---       newest id issued to the org}, ... }
+--       newest id issued to the org, first id of the org's current epoch or '0-0'}, ... }
 -- <start> is an XRANGE start: '(<id>' for after an id, '<ms>-0' for from a time.
 local function page(keys, args)
   local count = args[1]
@@ -223,7 +237,7 @@ local function page(keys, args)
       oldest = first[1][1]
       entries = redis.call('XRANGE', stream, start, '+', 'COUNT', count)
     end
-    out[#out + 1] = {org, deleted, oldest, entries, last_issued(org)}
+    out[#out + 1] = {org, deleted, oldest, entries, last_issued(org), epoch_start(org)}
   end
   return out
 end

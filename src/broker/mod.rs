@@ -152,12 +152,25 @@ pub struct OrgPage {
     /// The newest id ever issued to the org (in standalone mode: to any org, ids being global):
     /// a cursor after it was never issued.
     pub last_issued: Option<EventId>,
+    /// The first id issued since Redis last lost the org's history (a restart without
+    /// persistence, a flush): a cursor before it belongs to a history that is gone.
+    pub epoch_start: Option<EventId>,
 }
 
 /// One bounded read of several orgs' history.
 #[derive(Debug)]
 pub struct Page {
     pub orgs: Vec<OrgPage>,
+}
+
+/// What an org's history knows besides its entries, as a page read finds it.
+#[derive(Debug, Default, Clone, Copy)]
+struct HistoryBounds {
+    /// The newest id trimming removed.
+    max_deleted: Option<EventId>,
+    oldest_kept: Option<EventId>,
+    last_issued: Option<EventId>,
+    epoch_start: Option<EventId>,
 }
 
 impl OrgPage {
@@ -167,10 +180,14 @@ impl OrgPage {
         from: ReplayFrom,
         entries: Vec<(EventId, Result<Arc<Event>, crate::event::EnvelopeError>)>,
         count: usize,
-        max_deleted: Option<EventId>,
-        oldest_kept: Option<EventId>,
-        last_issued: Option<EventId>,
+        bounds: HistoryBounds,
     ) -> Self {
+        let HistoryBounds {
+            max_deleted,
+            oldest_kept,
+            last_issued,
+            epoch_start,
+        } = bounds;
         let exhausted = entries.len() < count;
         let read_through = entries.last().map(|(id, _)| *id);
         let events = entries
@@ -194,6 +211,7 @@ impl OrgPage {
             oldest_kept,
             exhausted,
             last_issued,
+            epoch_start,
         }
     }
 }

@@ -14,7 +14,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::commands::{pubsub_cluster_client, seed_urls, Commands, COMMAND_TIMEOUT};
 use super::subscriptions::{parse_channel, ChannelKind, PubSub, Subscriptions};
 use super::{
-    BrokerError, HistorySettings, Lease, OrgCursor, OrgPage, Page, PublishItem, RedisSettings, ReplayFrom,
+    BrokerError, HistoryBounds, HistorySettings, Lease, OrgCursor, OrgPage, Page, PublishItem, RedisSettings,
+    ReplayFrom,
 };
 use crate::clock::unix_millis;
 use crate::event::{EnvelopeError, Event, EventId, OrgId};
@@ -439,8 +440,15 @@ fn ack_key(user: &str) -> String {
 
 /// One org's part of a page: org, max deleted id, oldest kept id, entries.
 /// One org's part of what `event_gateway_page` answers: org, newest trimmed id, oldest kept
-/// id, entries, newest id issued to the org.
-type OrgPageReply = (String, String, String, Vec<(String, Vec<Vec<u8>>)>, String);
+/// id, entries, newest id issued to the org, first id of its current epoch.
+type OrgPageReply = (
+    String,
+    String,
+    String,
+    Vec<(String, Vec<Vec<u8>>)>,
+    String,
+    String,
+);
 
 impl History {
     /// Loads the Functions on every primary.
@@ -534,7 +542,12 @@ impl History {
             Err(error) => return Err(error),
         };
         let mut orgs = Vec::with_capacity(cursors.len());
-        for (cursor, (_, max_deleted, oldest, entries, last_issued)) in
+        let known = |id: String| {
+            id.parse::<EventId>()
+                .ok()
+                .filter(|id| *id != EventId::first_at(0))
+        };
+        for (cursor, (_, max_deleted, oldest, entries, last_issued, epoch)) in
             cursors.iter().zip(replies.into_iter().flatten())
         {
             let entries = entries
@@ -556,9 +569,12 @@ impl History {
                 cursor.from,
                 entries,
                 count,
-                max_deleted.parse().ok(),
-                oldest.parse().ok(),
-                last_issued.parse().ok().filter(|id| *id != EventId::first_at(0)),
+                HistoryBounds {
+                    max_deleted: max_deleted.parse().ok(),
+                    oldest_kept: oldest.parse().ok(),
+                    last_issued: known(last_issued),
+                    epoch_start: known(epoch),
+                },
             ));
         }
         Ok(Page { orgs })

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::broker::{OrgCursor, Page, ReplayFrom, Truncation, TruncationReason};
-use crate::event::{Event, EventId, OrgId};
+use crate::event::{Event, EventId};
 use crate::hub::ReplayMarks;
 
 /// One org's part of a replay.
@@ -90,15 +90,20 @@ impl PagedReplay {
             self.started = true;
             // A start after the newest id ever issued is a position this history never had:
             // those orgs replay everything kept, and the client is told.
-            let last_issued = |org: &OrgId| {
-                page.orgs
-                    .iter()
-                    .find(|part| part.org == *org)
-                    .and_then(|part| part.last_issued)
-            };
-            let unknown = |org: &OrgReplay| match org.cursor.from {
-                ReplayFrom::After(after) => last_issued(&org.cursor.org).is_none_or(|last| after > last),
-                ReplayFrom::Since(_) => false,
+            // A start after the newest id issued, or before the first id of the history's
+            // current epoch (Redis lost what came before), is not a position of this history.
+            let unknown = |org: &OrgReplay| {
+                let part = page.orgs.iter().find(|part| part.org == org.cursor.org);
+                match org.cursor.from {
+                    ReplayFrom::After(after) => {
+                        part.and_then(|part| part.last_issued)
+                            .is_none_or(|last| after > last)
+                            || part
+                                .and_then(|part| part.epoch_start)
+                                .is_some_and(|first| after < first)
+                    }
+                    ReplayFrom::Since(_) => false,
+                }
             };
             let mut reset = false;
             for org in &mut self.orgs {
@@ -190,7 +195,7 @@ impl PagedReplay {
 mod tests {
     use super::*;
     use crate::broker::OrgPage;
-    use crate::event::Envelope;
+    use crate::event::{Envelope, OrgId};
 
     fn org(name: &str) -> OrgId {
         OrgId::parse(name).expect("valid")
@@ -214,6 +219,7 @@ mod tests {
             oldest_kept: ids.first().map(|n| id(*n)),
             exhausted,
             last_issued: None,
+            epoch_start: None,
         }
     }
 
@@ -305,6 +311,17 @@ mod tests {
             replay.marks().covers(&event("a", 5)),
             "a's start still marks what it had"
         );
+    }
+
+    #[test]
+    fn a_start_before_the_historys_current_epoch_is_reset() {
+        let mut replay = replay_of(&["a"], ReplayFrom::After(id(3)), 8, 1 << 20);
+        let mut part = org_page("a", &[20, 21], false);
+        part.epoch_start = Some(id(20));
+        let notice = replay.absorb(page(vec![part], 21));
+        assert_eq!(notice.map(|n| n.reason), Some(TruncationReason::Reset));
+        let (cursors, _) = replay.wanted();
+        assert_eq!(cursors[0].from, ReplayFrom::Since(0));
     }
 
     #[test]

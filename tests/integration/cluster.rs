@@ -392,3 +392,23 @@ async fn a_primary_killed_while_durable_events_flow_loses_no_acknowledged_event_
         "every acknowledged event once, in order"
     );
 }
+
+#[tokio::test]
+async fn a_position_from_before_the_cluster_lost_an_orgs_history_gets_a_reset_notice() {
+    let cluster = RedisCluster::start().await;
+    let gateway = cluster_gateway(&cluster).await;
+    let org = "org-1";
+    let before = publish(&gateway, &[org], json!([ticket(org, "b1"), ticket(org, "b2")])).await;
+    cluster.flush_all().await;
+    let after = publish(&gateway, &[org], json!([ticket(org, "a1")])).await;
+    let request = gateway
+        .events_request("")
+        .bearer_auth(ops("olivia", org))
+        .header("Last-Event-ID", &before[0]);
+    let mut olivia = SseClient::open(request).await;
+    olivia.expect_connected().await;
+    let truncated = olivia.next_data_event().await;
+    assert_eq!(truncated.event, "history.truncated", "got {truncated:?}");
+    assert_eq!(truncated.json(), json!({"oldestId": after[0], "reason": "reset"}));
+    assert_eq!(olivia.next_data_event().await.label(), "a1");
+}

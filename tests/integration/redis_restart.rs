@@ -123,3 +123,36 @@ async fn durable_events_before_during_and_after_a_redis_restart_all_arrive() {
         "gateway_redis_reconnects_total went from {reconnects} to {reconnects_after}"
     );
 }
+
+#[tokio::test]
+async fn a_position_from_before_redis_lost_its_history_gets_a_reset_notice_then_what_is_kept() {
+    let mut app = crate::common::spawn_app().await;
+    let ticket = |label: &str| -> Value { envelope(ORG, TICKET, label).into() };
+    let before = app.publish_durable(&[ticket("b1"), ticket("b2")]).await;
+    app.redis.kill();
+    app.wait_for_status("/readyz", 503, RECOVERY).await;
+    // No persistence: the history, the id counter and the Functions are gone.
+    app.redis.restart().await;
+    app.wait_for_status("/readyz", 200, RECOVERY).await;
+    let after = app.publish_durable(&[ticket("a1"), ticket("a2")]).await;
+    assert!(
+        after[0] > before[1],
+        "new ids still sort after the old ones: {before:?} {after:?}"
+    );
+    let request = app
+        .events_request("")
+        .bearer_auth(ops("olivia", ORG))
+        .header("Last-Event-ID", &before[0]);
+    let mut olivia = SseClient::open(request).await;
+    olivia.expect_connected().await;
+    let truncated = olivia.next_data_event().await;
+    assert_eq!(truncated.event, "history.truncated", "got {truncated:?}");
+    assert_eq!(
+        truncated.json(),
+        serde_json::json!({"oldestId": after[0], "reason": "reset"})
+    );
+    for (label, id) in [("a1", &after[0]), ("a2", &after[1])] {
+        let event = olivia.next_data_event().await;
+        assert_eq!((event.label(), event.id.as_ref()), (label.to_string(), Some(id)));
+    }
+}

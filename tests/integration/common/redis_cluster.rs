@@ -120,6 +120,18 @@ impl RedisCluster {
         }
     }
 
+    /// `FLUSHALL` on every primary: the cluster loses every key (its Functions stay).
+    pub async fn flush_all(&self) {
+        for port in &self.ports {
+            if let Some(mut connection) = node(*port).await {
+                // Replicas refuse writes; their primaries' flush reaches them.
+                let _ = redis::cmd("FLUSHALL")
+                    .query_async::<redis::Value>(&mut connection)
+                    .await;
+            }
+        }
+    }
+
     /// Starts the node on `port` again (after `kill_primary_of`): it keeps its cluster
     /// configuration and rejoins, as a replica of the node that took its place.
     pub async fn restart_node(&mut self, port: u16) {
