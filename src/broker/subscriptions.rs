@@ -299,6 +299,14 @@ impl Subscriptions {
             return Ok(());
         }
         let mut connection = connection.clone();
+        if let PubSub::Cluster(cluster) = &mut connection {
+            // A keyed command first: after a failover the connection's slot map may still
+            // name the demoted node, whose answer (MOVED) makes it learn the new owner, where
+            // the subscription must go.
+            let mut probe = redis::cmd("EXISTS");
+            probe.arg(format!("events:history:{{{org}}}"));
+            let _ = tokio::time::timeout(SUBSCRIBE_TIMEOUT, probe.query_async::<redis::Value>(cluster)).await;
+        }
         let channels = channels_of(org, connection.is_cluster());
         tokio::time::timeout(SUBSCRIBE_TIMEOUT, connection.subscribe(channels))
             .await

@@ -412,3 +412,125 @@ async fn a_position_from_before_the_cluster_lost_an_orgs_history_gets_a_reset_no
     assert_eq!(truncated.json(), json!({"oldestId": after[0], "reason": "reset"}));
     assert_eq!(olivia.next_data_event().await.label(), "a1");
 }
+
+#[tokio::test]
+async fn since_a_time_replays_each_org_from_that_time_over_three_shards() {
+    let cluster = RedisCluster::start().await;
+    let orgs = orgs_on_three_shards(&cluster).await;
+    let gateway = cluster_gateway(&cluster).await;
+    let names: Vec<&str> = orgs.iter().map(String::as_str).collect();
+    publish(
+        &gateway,
+        &names,
+        json!([ticket(&orgs[0], "old a"), ticket(&orgs[1], "old b")]),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    publish(
+        &gateway,
+        &names,
+        json!([ticket(&orgs[0], "new a"), ticket(&orgs[2], "new c")]),
+    )
+    .await;
+    let mut olivia = gateway
+        .connect_ready(&token_for("olivia", &orgs), &format!("since={since}"))
+        .await;
+    assert_eq!(next_labels(&mut olivia, 2).await, set(&["new a", "new c"]));
+}
+
+#[tokio::test]
+async fn a_replay_in_cluster_mode_sends_only_what_the_user_may_see() {
+    let cluster = RedisCluster::start().await;
+    let gateway = cluster_gateway(&cluster).await;
+    let org = "org-1";
+    let for_tenant =
+        |label: &str, tenant: &str| -> Value { envelope(org, TICKET, label).tenant_id(tenant).into() };
+    publish(
+        &gateway,
+        &[org],
+        json!([
+            for_tenant("alice 1", "alice"),
+            for_tenant("bob 1", "bob"),
+            for_tenant("alice 2", "alice")
+        ]),
+    )
+    .await;
+    let alice = TokenBuilder::new("alice", "tenant").org(org).sign();
+    let mut stream = gateway.connect_ready(&alice, "since=0").await;
+    assert_eq!(stream.next_data_event().await.label(), "alice 1");
+    assert_eq!(stream.next_data_event().await.label(), "alice 2");
+}
+
+#[tokio::test]
+async fn a_trimmed_history_in_cluster_mode_is_told_before_what_remains() {
+    let cluster = RedisCluster::start().await;
+    let gateway =
+        spawn_gateway(GatewayOptions::cluster(&cluster).env("GATEWAY__HISTORY__MAX_EVENTS_PER_ORG", "2"))
+            .await;
+    let org = "org-1";
+    let ids = publish(
+        &gateway,
+        &[org],
+        json!([
+            ticket(org, "e1"),
+            ticket(org, "e2"),
+            ticket(org, "e3"),
+            ticket(org, "e4")
+        ]),
+    )
+    .await;
+    let request = gateway
+        .events_request("")
+        .bearer_auth(ops("olivia", org))
+        .header("Last-Event-ID", &ids[0]);
+    let mut olivia = SseClient::open(request).await;
+    olivia.expect_connected().await;
+    let truncated = olivia.next_data_event().await;
+    assert_eq!(truncated.event, "history.truncated", "got {truncated:?}");
+    assert_eq!(truncated.json(), json!({"oldestId": ids[2], "reason": "trimmed"}));
+    assert_eq!(olivia.next_data_event().await.label(), "e3");
+}
+
+#[tokio::test]
+async fn a_planned_failover_keeps_streams_open_and_loses_nothing() {
+    let cluster = RedisCluster::start().await;
+    let gateway = cluster_gateway(&cluster).await;
+    let org = "org-1";
+    let mut olivia = gateway.connect_ready(&ops("olivia", org), "").await;
+    publish(&gateway, &[org], json!([ticket(org, "before")])).await;
+    assert_eq!(olivia.next_data_event().await.label(), "before");
+    cluster.fail_over(org).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut published = Vec::new();
+    while published.len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing did not resume after the failover"
+        );
+        let label = format!("after {}", published.len());
+        let response = gateway.publish_http(&service(&[org]), &ticket(org, &label)).await;
+        if response.status() == StatusCode::ACCEPTED {
+            published.push(label);
+        } else {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    let mut received = Vec::new();
+    for _ in 0..3 {
+        received.push(
+            within(
+                STEP_TIMEOUT * 3,
+                "the next event after the failover",
+                olivia.next_data_event(),
+            )
+            .await
+            .label(),
+        );
+    }
+    assert_eq!(received, published);
+}

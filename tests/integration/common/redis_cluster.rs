@@ -120,6 +120,49 @@ impl RedisCluster {
         }
     }
 
+    /// `CLUSTER FAILOVER` on the replica of the primary owning `key`'s slot (a planned switch),
+    /// then waits until the replica serves the slot.
+    pub async fn fail_over(&self, key: &str) {
+        let primary = self.primary_of(key).await;
+        let mut replica = None;
+        for port in &self.ports {
+            let Some(mut connection) = node(*port).await else {
+                continue;
+            };
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut connection)
+                .await
+                .unwrap_or_default();
+            if info.contains("role:slave") && info.contains(&format!("master_port:{primary}")) {
+                replica = Some((*port, connection));
+                break;
+            }
+        }
+        let (port, mut connection) = replica.expect("the primary has a replica");
+        // A manual failover that does not complete in time (the replica was still catching
+        // up) is dropped by Redis without a word: ask again until the replica has taken over.
+        let deadline = tokio::time::Instant::now() + FORM_TIMEOUT;
+        loop {
+            let _: String = redis::cmd("CLUSTER")
+                .arg("FAILOVER")
+                .query_async(&mut connection)
+                .await
+                .expect("CLUSTER FAILOVER");
+            let attempt_ends = tokio::time::Instant::now() + Duration::from_secs(5);
+            while tokio::time::Instant::now() < attempt_ends {
+                if self.primary_of_via(port, key).await == Some(port) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the replica {port} of {primary} did not take over"
+            );
+        }
+    }
+
     /// `FLUSHALL` on every primary: the cluster loses every key (its Functions stay).
     pub async fn flush_all(&self) {
         for port in &self.ports {
