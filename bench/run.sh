@@ -11,7 +11,8 @@
 # Scenarios: idle10k fanout50 fanout200 fanout800 filtered filtered-ops durable50 durable200
 #            durable-filtered replay-storm
 #            http50 and nchan-<same> for idle10k fanout50 fanout200 fanout800 filtered;
-#            pump-<same> for fanout50 fanout200 fanout800 (the floor: event-gateway-pump, one org).
+#            pump-<same> for fanout50 fanout200 fanout800 (the floor: event-gateway-pump, one org);
+#            durable-orgs, and cluster-<same> for any gateway scenario (a 3-primary Redis Cluster).
 # Never touches a shared Redis: each run starts its own redis-server on a free port. The server
 # processes measured are found from the listening port (the gateway; nginx master + workers).
 set -euo pipefail
@@ -53,11 +54,49 @@ stop_redis() {
     rm -rf "$REDIS_DIR"
 }
 
-start_gateway() {
+# A Redis Cluster of 3 primaries and 3 replicas on free ports (cluster-* scenarios).
+start_cluster() {
+    CLUSTER_DIR=$(mktemp -d /tmp/egb-cluster.XXXXXX)
+    CLUSTER_PORTS=()
+    local nodes=() port
+    while ((${#CLUSTER_PORTS[@]} < 6)); do
+        port=$(free_port)
+        ((port < 55000)) || continue
+        CLUSTER_PORTS+=("$port")
+        mkdir -p "$CLUSTER_DIR/$port"
+        redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes --cluster-node-timeout 2000 \
+            --save "" --appendonly no --repl-diskless-sync-delay 0 --dir "$CLUSTER_DIR/$port" \
+            --daemonize yes --pidfile "$CLUSTER_DIR/$port/redis.pid" --logfile "$CLUSTER_DIR/$port/redis.log"
+        nodes+=("127.0.0.1:$port")
+    done
+    for port in "${CLUSTER_PORTS[@]}"; do wait_for 10 redis-cli -p "$port" ping; done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
+    for port in "${CLUSTER_PORTS[@]}"; do
+        wait_for 20 sh -c "redis-cli -p $port cluster info | grep -q cluster_state:ok"
+    done
+    REDIS_URL=$(printf 'redis://127.0.0.1:%s,' "${CLUSTER_PORTS[@]}"); REDIS_URL=${REDIS_URL%,}
+    REDIS_PID_ARGS=""
+    for port in "${CLUSTER_PORTS[@]}"; do
+        if redis-cli -p "$port" role | head -1 | grep -q master; then
+            REDIS_PID_ARGS="$REDIS_PID_ARGS --redis-pid $(cat "$CLUSTER_DIR/$port/redis.pid")"
+        fi
+    done
+}
+
+stop_cluster() {
+    local port
+    for port in "${CLUSTER_PORTS[@]}"; do
+        kill "$(cat "$CLUSTER_DIR/$port/redis.pid")" 2>/dev/null || true
+    done
+    sleep 0.5
+    rm -rf "$CLUSTER_DIR"
+}
+
+start_gateway() { # start_gateway [extra env assignments...]
     SERVER_PORT=$(free_port)
     GATEWAY_LOG=$(mktemp /tmp/egb-gateway.XXXXXX.log)
-    GATEWAY__SERVER__HOST=127.0.0.1 GATEWAY__SERVER__PORT=$SERVER_PORT \
-        GATEWAY__AUTH__JWT_SECRET=$SECRET GATEWAY__REDIS__URL=redis://127.0.0.1:$REDIS_PORT \
+    env "$@" GATEWAY__SERVER__HOST=127.0.0.1 GATEWAY__SERVER__PORT=$SERVER_PORT \
+        GATEWAY__AUTH__JWT_SECRET=$SECRET GATEWAY__REDIS__URL=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT} \
         GATEWAY__LOG__FORMAT=json GATEWAY__LOG__LEVEL=warn \
         "$BIN_DIR/event-gateway" serve >"$GATEWAY_LOG" 2>&1 &
     SERVER_PID=$!
@@ -118,6 +157,8 @@ scenario_args() {
         durable50) echo "-n 2000 --orgs 1 --roles ops --rate 50 --duration 20 --via function" ;;
         durable200) echo "-n 2000 --orgs 1 --roles ops --rate 200 --duration 20 --via function" ;;
         durable-filtered) echo "-n 2000 --orgs 100 --roles mixed --rate 1000 --duration 20 --via function" ;;
+        # Durable events over many orgs, every stream ops: where the work of Redis is the Function.
+        durable-orgs) echo "-n 2000 --orgs 100 --roles ops --rate 1000 --duration 20 --via function" ;;
         http50) echo "-n 2000 --orgs 1 --roles ops --rate 50 --duration 20 --via http" ;;
         # 20 clients replay 5,000 events of 8 KB (since=0) while 200 streams take 20 live ev/s.
         replay-storm) echo "-n 200 --orgs 1 --roles ops --rate 20 --duration 30 --replayers 20 --history 5000 --history-pad 8192" ;;
@@ -126,11 +167,22 @@ scenario_args() {
 }
 
 run_one() { # run_one <scenario> <run number>
-    local scenario=$1 run=$2 base=${1#nchan-} args
+    local scenario=$1 run=$2 base=${1#nchan-} args redis_args
     base=${base#pump-}
+    base=${base#cluster-}
     args=$(scenario_args "$base")
-    start_redis
-    if [[ $scenario == nchan-* ]]; then
+    if [[ $scenario == cluster-* ]]; then
+        start_cluster
+        start_gateway GATEWAY__REDIS__CLUSTER=true
+        args="$args --secret $SECRET --redis-cluster"
+        redis_args="--redis-url $REDIS_URL $REDIS_PID_ARGS"
+    else
+        start_redis
+        redis_args="--redis-url redis://127.0.0.1:$REDIS_PORT --redis-pid $REDIS_PID"
+    fi
+    if [[ $scenario == cluster-* ]]; then
+        :
+    elif [[ $scenario == nchan-* ]]; then
         start_nchan
         args="$args --target nchan --via nchan"
     elif [[ $scenario == pump-* ]]; then
@@ -142,12 +194,11 @@ run_one() { # run_one <scenario> <run number>
     fi
     echo "### $scenario run $run: $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/$scenario.log"
     # shellcheck disable=SC2086
-    "$BIN_DIR/event-gateway-bench" --url "http://127.0.0.1:$SERVER_PORT" \
-        --redis-url "redis://127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID" \
+    "$BIN_DIR/event-gateway-bench" --url "http://127.0.0.1:$SERVER_PORT" $redis_args \
         --label "$scenario#$run" $args $BENCH_ARGS 2>&1 | tee -a "$OUT/$scenario.log" |
         grep '^BENCH_JSON ' | sed 's/^BENCH_JSON //' >>"$OUT/$scenario.jsonl" || true
     if [[ $scenario == nchan-* ]]; then stop_nchan; elif [[ $scenario == pump-* ]]; then stop_pump; else stop_gateway; fi
-    stop_redis
+    if [[ $scenario == cluster-* ]]; then stop_cluster; unset REDIS_URL; else stop_redis; fi
 }
 
 # nginx + Nchan from Debian's packages, installed when an nchan-* scenario needs them; the

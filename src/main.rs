@@ -174,7 +174,7 @@ async fn publish(
     Envelope::parse(envelope.as_bytes(), settings.limits.max_event_bytes).context("invalid event")?;
 
     if url.is_none() && !settings.uses_embedded_broker() {
-        let id = publish_once(settings.redis.url.trim(), &org, &envelope, durable).await?;
+        let id = publish_once(&settings.redis, &org, &envelope, durable).await?;
         match id {
             Some(id) => println!("{id}"),
             None => println!("published"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, Value};
+use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::commands::{pubsub_cluster_client, seed_urls, Commands, COMMAND_TIMEOUT};
@@ -852,29 +852,35 @@ async fn sweep_subscriptions(subscriptions: Arc<Subscriptions>, shutdown: Shutdo
     }
 }
 
-/// Publishes one envelope through Redis (for the `publish` command): live with PUBLISH, or
-/// durable through the Function, which returns the event id.
+/// Publishes one envelope through Redis (for the `publish` command): live with PUBLISH
+/// (SPUBLISH on the org's tagged channel in cluster mode), or durable through the Function,
+/// which returns the event id.
 pub async fn publish_once(
-    url: &str,
+    redis: &RedisSettings,
     org: &OrgId,
     envelope: &str,
     durable: bool,
 ) -> Result<Option<EventId>, BrokerError> {
-    let client = redis::Client::open(url).map_err(unavailable)?;
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(command_error)?;
+    let url = redis.url.trim();
+    let commands = if redis.cluster {
+        Commands::cluster(&seed_urls(url))?
+    } else {
+        Commands::pool(url)?
+    };
+    let mut connection = commands.get().await?;
     if !durable {
-        connection
-            .publish::<_, _, i64>(super::subscriptions::channel_of(org), envelope)
+        let channels = super::subscriptions::channels_of(org, redis.cluster);
+        let mut command = redis::cmd(if redis.cluster { "SPUBLISH" } else { "PUBLISH" });
+        command.arg(&channels[0]).arg(envelope);
+        command
+            .query_async::<i64>(&mut connection)
             .await
             .map_err(command_error)?;
         return Ok(None);
     }
     let id: String = redis::cmd("FCALL")
         .arg("event_gateway_publish")
-        .arg(0)
+        .arg(1)
         .arg(org.as_str())
         .arg(envelope)
         .query_async(&mut connection)

@@ -534,3 +534,36 @@ async fn a_planned_failover_keeps_streams_open_and_loses_nothing() {
     }
     assert_eq!(received, published);
 }
+
+#[tokio::test]
+async fn the_publish_command_publishes_live_and_durably_in_cluster_mode() {
+    let cluster = RedisCluster::start().await;
+    let gateway = cluster_gateway(&cluster).await;
+    let org = "org-1";
+    let mut olivia = gateway.connect_ready(&ops("olivia", org), "").await;
+    for (label, durable) in [("live", false), ("durable", true)] {
+        let data = format!(r#"{{"label":"{label}"}}"#);
+        let mut args = vec!["publish", "--org", org, "--type", TICKET, "--data", &data];
+        if durable {
+            args.push("--durable");
+        }
+        let url = cluster.url();
+        let output = crate::common::gateway::run_cli(
+            &args,
+            &[
+                ("GATEWAY__AUTH__JWT_SECRET", crate::common::token::TEST_SECRET),
+                ("GATEWAY__REDIS__URL", &url),
+                ("GATEWAY__REDIS__CLUSTER", "true"),
+                ("GATEWAY__LOG__FORMAT", "json"),
+            ],
+        )
+        .await;
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let event = olivia.next_data_event().await;
+        assert_eq!((event.label(), event.id.is_some()), (label.to_string(), durable));
+    }
+}

@@ -110,6 +110,10 @@ struct Args {
     publish_concurrency: usize,
     #[arg(long, env = "GATEWAY__REDIS__URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
+    /// `--redis-url` is a Redis Cluster (comma-separated seeds): events are published to each
+    /// org's shard (`SPUBLISH events:org:{<org>}`, `FCALL event_gateway_publish 1 <org>`).
+    #[arg(long)]
+    redis_cluster: bool,
     /// The gateway's HS256 secret, to mint matching tokens.
     #[arg(long, env = "GATEWAY__AUTH__JWT_SECRET", hide_env_values = true)]
     secret: Option<String>,
@@ -138,9 +142,10 @@ struct Args {
     /// listening socket of --url (the gateway; nginx's master and workers).
     #[arg(long = "server-pid", alias = "gateway-pid")]
     server_pids: Vec<u32>,
-    /// A Redis server process whose CPU time is reported on its own line.
-    #[arg(long)]
-    redis_pid: Option<u32>,
+    /// Redis server processes (repeatable: every primary of a cluster) whose CPU time is
+    /// reported on its own line, summed and each.
+    #[arg(long = "redis-pid")]
+    redis_pids: Vec<u32>,
     #[arg(long, value_enum, default_value_t = Mode::Tasks)]
     mode: Mode,
     /// Client threads (tokio workers, or shards).
@@ -268,6 +273,8 @@ pub struct RunResult {
     pub drain_elapsed: Duration,
     pub shared: Arc<ClientShared>,
     pub storm: Option<StormResult>,
+    /// CPU time of each Redis process (`--redis-pid`) while publishing and draining.
+    pub redis_each_cpu_ms: Vec<(u32, Option<u64>)>,
 }
 
 /// What the replay storm produced.
@@ -364,7 +371,7 @@ async fn run(inputs: RunInputs) -> anyhow::Result<RunResult> {
         Duration::from_secs_f64(args.handshake_timeout),
         plan.event_orgs().into(),
     ));
-    let redis_pids: Vec<u32> = args.redis_pid.into_iter().collect();
+    let redis_pids: Vec<u32> = args.redis_pids.clone();
     let mut samples = [Samples {
         before: None,
         connected: None,
@@ -446,6 +453,10 @@ async fn run(inputs: RunInputs) -> anyhow::Result<RunResult> {
     let ramp_elapsed = start.elapsed();
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     sample(1, &mut samples);
+    let redis_connected: Vec<Option<ProcSample>> = redis_pids
+        .iter()
+        .map(|pid| procstat::sample(&pid.to_string()))
+        .collect();
 
     // The replay storm starts with the live traffic.
     let replays = match storm {
@@ -478,6 +489,7 @@ async fn run(inputs: RunInputs) -> anyhow::Result<RunResult> {
         let (tx, rx) = oneshot::channel();
         let (plan, via, rate, concurrency) = (plan.clone(), args.via, args.rate, args.publish_concurrency);
         let (redis_url, base_url) = (args.redis_url.clone(), endpoint.base_url.clone());
+        let redis_cluster = args.redis_cluster;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -486,9 +498,16 @@ async fn run(inputs: RunInputs) -> anyhow::Result<RunResult> {
             .name("bench-publisher".into())
             .spawn(move || {
                 let outcome = runtime.block_on(async move {
-                    let publisher =
-                        Publisher::connect(plan, via, &redis_url, &base_url, service_tokens, concurrency)
-                            .await?;
+                    let publisher = Publisher::connect(
+                        plan,
+                        via,
+                        &redis_url,
+                        redis_cluster,
+                        &base_url,
+                        service_tokens,
+                        concurrency,
+                    )
+                    .await?;
                     Ok::<_, anyhow::Error>(publisher.run(events, rate).await)
                 });
                 let _ = tx.send(outcome);
@@ -526,6 +545,17 @@ async fn run(inputs: RunInputs) -> anyhow::Result<RunResult> {
         });
     }
     sample(2, &mut samples);
+    let redis_each_cpu_ms = redis_pids
+        .iter()
+        .zip(redis_connected)
+        .map(|(pid, before)| {
+            let after = procstat::sample(&pid.to_string());
+            let spent = before
+                .zip(after)
+                .map(|(before, after)| after.cpu_ms.saturating_sub(before.cpu_ms));
+            (*pid, spent)
+        })
+        .collect();
 
     let _ = stop_tx.send(true);
     let mut records = Vec::with_capacity(total);
@@ -546,6 +576,7 @@ async fn run(inputs: RunInputs) -> anyhow::Result<RunResult> {
         drain_elapsed,
         shared,
         storm,
+        redis_each_cpu_ms,
     })
 }
 

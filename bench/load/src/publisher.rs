@@ -31,6 +31,9 @@ pub enum Via {
 
 enum Sink {
     Redis(MultiplexedConnection),
+    /// A Redis Cluster: each event routed to its org's shard (`SPUBLISH events:org:{<org>}`,
+    /// `FCALL event_gateway_publish 1 <org>`), the events of one send concurrently.
+    Cluster(redis::cluster_async::ClusterConnection),
     Http {
         client: reqwest::Client,
         url: String,
@@ -160,11 +163,28 @@ impl Publisher {
         plan: Arc<Plan>,
         via: Via,
         redis_url: &str,
+        redis_cluster: bool,
         base_url: &str,
         service_tokens: Vec<String>,
         http_concurrency: usize,
     ) -> anyhow::Result<Self> {
         let sink = match via {
+            Via::Publish | Via::Function if redis_cluster => {
+                let seeds: Vec<&str> = redis_url
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                let connection = redis::cluster::ClusterClient::builder(seeds)
+                    .connection_timeout(Duration::from_secs(5))
+                    .response_timeout(Duration::from_secs(10))
+                    .build()
+                    .with_context(|| format!("cluster seeds {redis_url}"))?
+                    .get_async_connection()
+                    .await
+                    .with_context(|| format!("connecting to the cluster at {redis_url}"))?;
+                Sink::Cluster(connection)
+            }
             Via::Publish | Via::Function => {
                 let client =
                     redis::Client::open(redis_url).with_context(|| format!("redis url {redis_url}"))?;
@@ -268,6 +288,46 @@ impl Publisher {
                         }
                     }
                     Err(error) => fail(outcome, format!("redis: {error}"), seqs.end - seqs.start),
+                }
+            }
+            Sink::Cluster(connection) => {
+                let commands: Vec<(u64, redis::Cmd)> = seqs
+                    .clone()
+                    .map(|seq| {
+                        text.clear();
+                        plan.write_envelope(text, seq, now_nanos());
+                        let org = &plan.orgs[plan.events[seq as usize].org as usize];
+                        let mut command = match self.via {
+                            Via::Function => {
+                                let mut command = redis::cmd("FCALL");
+                                command.arg("event_gateway_publish").arg(1).arg(org);
+                                command
+                            }
+                            _ => {
+                                let mut command = redis::cmd("SPUBLISH");
+                                command.arg(format!("events:org:{{{org}}}"));
+                                command
+                            }
+                        };
+                        command.arg(text.as_str());
+                        (seq, command)
+                    })
+                    .collect();
+                let sends = commands.into_iter().map(|(seq, command)| {
+                    let mut connection = connection.clone();
+                    async move { (seq, command.query_async::<redis::Value>(&mut connection).await) }
+                });
+                for (seq, reply) in futures_util::future::join_all(sends).await {
+                    match reply {
+                        Ok(redis::Value::Int(0)) => {
+                            outcome.zero_receivers += 1;
+                            outcome.published.insert(seq);
+                        }
+                        Ok(_) => {
+                            outcome.published.insert(seq);
+                        }
+                        Err(error) => fail(outcome, format!("redis: {error}"), 1),
+                    }
                 }
             }
             Sink::Http { client, url, tokens } => {

@@ -281,6 +281,17 @@ pub fn print(context: &Context, result: &RunResult) {
             opt(per_thousand(redis.publish_cpu_ms), "")
         );
     }
+    if result.redis_each_cpu_ms.len() > 1 {
+        let each: Vec<String> = result
+            .redis_each_cpu_ms
+            .iter()
+            .map(|(pid, ms)| format!("{pid}: {}", ms.map_or("n/a".into(), |ms| format!("{ms} ms"))))
+            .collect();
+        println!(
+            "redis each    publishing+drain CPU per process: {}",
+            each.join(", ")
+        );
+    }
     let storm = result.storm.as_ref().map(StormFigures::of);
     if let Some(storm) = &storm {
         println!("{}", storm.human());
@@ -352,6 +363,11 @@ pub fn print(context: &Context, result: &RunResult) {
         "other_events": other_events,
         "unparsed": unparsed,
         "replay": storm.as_ref().map(StormFigures::json),
+        "redis_each_publish_cpu_ms": result
+            .redis_each_cpu_ms
+            .iter()
+            .map(|(pid, ms)| json!({"pid": pid, "cpu_ms": ms}))
+            .collect::<Vec<_>>(),
     });
     println!("BENCH_JSON {line}");
 }
