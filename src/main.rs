@@ -33,15 +33,20 @@ enum Command {
     Serve,
     /// Print a JWT signed with the configured HS256 secret (development and tests).
     Token {
+        /// The user the token is for (its `sub` claim).
         #[arg(long)]
         sub: String,
+        /// A role of `policy.roles`: by default landlord, tenant, contractor, ops (may subscribe)
+        /// or service (may publish).
         #[arg(long)]
         role: String,
-        /// An org the token grants; repeat for several.
+        /// An org the token grants (1 to 64 of A-Z, a-z, 0-9, _ or -); repeat for several.
         #[arg(long = "org", required = true)]
         orgs: Vec<String>,
+        /// The tenant id a tenant sees events of (default: the sub).
         #[arg(long)]
         tenant_id: Option<String>,
+        /// The contractor id a contractor sees events of (default: the sub).
         #[arg(long)]
         contractor_id: Option<String>,
         /// Lifetime in seconds.
@@ -50,14 +55,17 @@ enum Command {
     },
     /// Publish one event through the configured Redis, or through a gateway's POST /api/publish.
     Publish {
+        /// The org the event belongs to.
         #[arg(long)]
         org: String,
+        /// The event type: dot-separated segments of a-z, 0-9, _ or -, e.g. ticket.created.
         #[arg(long = "type")]
         event_type: String,
         /// The event's `data` object, as JSON.
         #[arg(long)]
         data: String,
-        /// Keep it in history (Redis Function) instead of a fire-and-forget PUBLISH.
+        /// Keep it in history (Redis Function) instead of a fire-and-forget PUBLISH. Over HTTP
+        /// (--url) every event is durable.
         #[arg(long)]
         durable: bool,
         /// A running gateway's base URL, e.g. http://127.0.0.1:8080 (used when no Redis is configured).
@@ -92,6 +100,18 @@ fn main() -> anyhow::Result<()> {
             contractor_id,
             ttl,
         } => {
+            // A token the gateway would refuse is refused here, with the reason.
+            if !settings.policy.roles.contains_key(&role) {
+                let mut known: Vec<&str> = settings.policy.roles.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                bail!(
+                    "--role {role:?} is not a role of policy.roles; known roles: {}",
+                    known.join(", ")
+                );
+            }
+            for org in &orgs {
+                OrgId::parse(org).with_context(|| format!("--org {org:?}"))?;
+            }
             let token = minter(&settings)?.mint(&TokenRequest {
                 sub: &sub,
                 role: &role,
@@ -146,6 +166,12 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
     telemetry::init(&settings.log);
+    for variable in event_gateway::settings::ignored_variables() {
+        tracing::warn!(
+            %variable,
+            "This variable is not read: settings come from GATEWAY__SECTION__KEY (double underscores), e.g. GATEWAY__SERVER__PORT."
+        );
+    }
     actix_web::rt::System::new().block_on(async move {
         let application = Application::build(settings).await?;
         application.run_until_stopped().await
@@ -182,6 +208,9 @@ async fn publish(
         return Ok(());
     }
     let base = url.unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.server.port));
+    if !durable {
+        eprintln!("note: publishing over HTTP ({base}/api/publish), which keeps every event in history");
+    }
     let token = match token {
         Some(token) => token,
         None => minter(&settings)

@@ -98,10 +98,45 @@ pub enum LogFormat {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// Not a `source`: the message already holds the whole of it.
     #[error("invalid configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(String),
     #[error("invalid configuration: `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+impl From<config::ConfigError> for SettingsError {
+    fn from(error: config::ConfigError) -> Self {
+        let message = error.to_string();
+        Self::Load(match unknown_key_variable(&message) {
+            Some(variable) if std::env::var_os(&variable).is_some() => {
+                format!("{message} (set by the environment variable {variable})")
+            }
+            Some(variable) => format!("{message} (in a file; as a variable it would be {variable})"),
+            None => message,
+        })
+    }
+}
+
+/// The environment variable that spells the unknown key an "unknown field `x` ... for key `a.b`"
+/// error names.
+fn unknown_key_variable(message: &str) -> Option<String> {
+    let field = message.split("unknown field `").nth(1)?.split('`').next()?;
+    let section = message.split("for key `").nth(1)?.split('`').next()?;
+    Some(format!("GATEWAY__{}__{}", section.replace('.', "__"), field).to_uppercase())
+}
+
+/// `GATEWAY_*` variables that are not read: a single underscore after the prefix (the gateway
+/// reads `GATEWAY__SECTION__KEY`), or a key spelt with single underscores between its parts.
+pub fn ignored_variables() -> Vec<String> {
+    let mut ignored: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| {
+            name.starts_with("GATEWAY_") && !name.starts_with("GATEWAY__") && name != "GATEWAY_CONFIG"
+        })
+        .collect();
+    ignored.sort();
+    ignored
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
@@ -189,7 +224,7 @@ impl Settings {
                 ));
             }
         }
-        let positive: [(&'static str, u64); 11] = [
+        let positive: [(&'static str, u64); 10] = [
             (
                 "history.max_concurrent_replays",
                 self.history.max_concurrent_replays as u64,
@@ -202,7 +237,6 @@ impl Settings {
                 "history.max_events_per_org",
                 self.history.max_events_per_org as u64,
             ),
-            ("limits.max_connections", self.limits.max_connections as u64),
             (
                 "limits.max_connections_per_user",
                 self.limits.max_connections_per_user as u64,
@@ -238,6 +272,20 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_key_is_spelt_as_its_environment_variable() {
+        let message = "unknown field `prot`, expected one of `host`, `port` for key `server`";
+        assert_eq!(
+            unknown_key_variable(message).as_deref(),
+            Some("GATEWAY__SERVER__PROT")
+        );
+        assert_eq!(
+            unknown_key_variable("unknown field `x` for key `policy.roles`").as_deref(),
+            Some("GATEWAY__POLICY__ROLES__X")
+        );
+        assert_eq!(unknown_key_variable("missing field `url`"), None);
+    }
 
     fn load(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
         let env = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

@@ -64,11 +64,21 @@ fn fit_connections_to_open_files(settings: &mut Settings) -> Option<u64> {
         Ok(open_files) => open_files,
         Err(error) => {
             tracing::warn!(%error, "Could not read or raise the open-files limit.");
+            if settings.limits.max_connections == 0 {
+                settings.limits.max_connections = DEFAULT_MAX_CONNECTIONS;
+            }
             return None;
         }
     };
     let streams = streams_within(open_files);
-    if settings.limits.max_connections > streams {
+    if settings.limits.max_connections == 0 {
+        settings.limits.max_connections = streams;
+        tracing::info!(
+            open_files,
+            max_connections = streams,
+            "Streams per replica: as many as the open-files limit holds."
+        );
+    } else if settings.limits.max_connections > streams {
         tracing::warn!(
             open_files,
             configured = settings.limits.max_connections,
@@ -80,6 +90,9 @@ fn fit_connections_to_open_files(settings: &mut Settings) -> Option<u64> {
     }
     Some(open_files)
 }
+
+/// Streams per replica when `limits.max_connections = 0` and the open-files limit is unknown.
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Most events one replay page reads across a stream's orgs (at most one per org beyond it).
 const REPLAY_PAGE_EVENTS: usize = 256;
@@ -215,7 +228,14 @@ impl Application {
             "0.0.0.0" | "::" => "127.0.0.1".to_string(),
             host => host.to_string(),
         };
-        tracing::info!(replica = %settings.server.replica_name, "listening on http://{host}:{port}");
+        // The bind address, and a URL that works from this machine (an unspecified bind
+        // address is reached through loopback here).
+        tracing::info!(
+            replica = %settings.server.replica_name,
+            bind = %format!("{}:{port}", settings.server.host),
+            "listening on http://{host}:{port} (bound to {}:{port})",
+            settings.server.host
+        );
         if let Some(secret) = generated_secret {
             print_quickstart(&settings, &secret, &host, port)?;
         }

@@ -497,3 +497,30 @@ async fn hs256_token_signed_with_the_public_key_is_401_algorithm_not_allowed() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn minting_a_token_the_gateway_would_refuse_fails_with_the_reason() {
+    for (args, reason) in [
+        (
+            ["token", "--sub", "a", "--role", "admin", "--org", "org-1"],
+            "known roles: contractor, landlord, ops, service, tenant",
+        ),
+        (
+            ["token", "--sub", "a", "--role", "ops", "--org", "org 1"],
+            "org id must be",
+        ),
+    ] {
+        let output = run_cli(
+            &args,
+            &[
+                ("GATEWAY__AUTH__JWT_SECRET", TEST_SECRET),
+                ("GATEWAY__REDIS__URL", ""),
+            ],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} must fail");
+        assert!(output.stdout.is_empty(), "{args:?} prints no token");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
+}

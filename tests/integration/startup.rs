@@ -39,6 +39,46 @@ async fn unknown_setting_stops_startup_naming_the_key() {
 }
 
 #[tokio::test]
+async fn an_unknown_setting_from_the_environment_is_named_by_its_variable_once() {
+    let (status, output) = expect_startup_failure(&[("GATEWAY__SERVER__PROT", "9000")]).await;
+    assert!(!status.success());
+    assert!(
+        output.contains("GATEWAY__SERVER__PROT"),
+        "names the variable:\n{output}"
+    );
+    assert_eq!(
+        output.matches("unknown field").count(),
+        1,
+        "says it once:\n{output}"
+    );
+}
+
+#[tokio::test]
+async fn a_variable_with_single_underscores_is_reported_as_not_read() {
+    let gateway = spawn_gateway(GatewayOptions::embedded().env("GATEWAY_SERVER_PORT", "9000")).await;
+    let logs = gateway.logs();
+    assert!(
+        logs.contains("GATEWAY_SERVER_PORT") && logs.contains("not read"),
+        "warns about the ignored variable:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn a_default_start_warns_about_nothing() {
+    let gateway = spawn_gateway(GatewayOptions::embedded()).await;
+    let warnings: Vec<String> = gateway
+        .logs()
+        .lines()
+        .filter(|line| line.contains("\"level\":\"WARN\""))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "a default start logged warnings: {warnings:?}"
+    );
+}
+
+#[tokio::test]
 async fn invalid_value_stops_startup_naming_the_key() {
     let (status, output) = expect_startup_failure(&[("GATEWAY__SSE__KEEPALIVE_SECS", "soon")]).await;
     assert!(!status.success());
