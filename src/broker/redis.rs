@@ -29,6 +29,8 @@ const FUNCTIONS_TEMPLATE: &str = include_str!("functions.lua");
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Events read per call when filling the gap an outage left.
 const GAP_FILL_PAGE: usize = 256;
+/// How often an unreachable Redis is logged again while it stays unreachable.
+const UNREACHABLE_REMINDER: Duration = Duration::from_secs(30);
 /// How long a durable publish waits for `redis.min_replicas_ack` replicas.
 const REPLICA_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The publish Function's id counter (see functions.lua).
@@ -36,6 +38,8 @@ const LAST_ID_KEY: &str = "events:last-id";
 
 pub struct RedisBroker {
     commands: Commands,
+    /// `redis.url` without its credentials, for the log.
+    display_url: String,
     /// `redis.min_replicas_ack`.
     min_replicas_ack: u32,
     history: History,
@@ -118,6 +122,20 @@ fn is_missing_function(error: &redis::RedisError) -> bool {
     error.to_string().contains("Function not found")
 }
 
+/// `url` (or each of several, comma-separated) with any `user:password@` replaced by `***@`.
+fn without_credentials(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let one = one.trim();
+            match (one.find("://"), one.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &one[..scheme + 3], &one[at..]),
+                _ => one.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn connection_info(url: &str) -> Result<redis::ConnectionInfo, redis::RedisError> {
     let info = redis::IntoConnectionInfo::into_connection_info(url)?;
     let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
@@ -190,6 +208,7 @@ impl RedisBroker {
             dropped_log: RateLimitedLog::new(Duration::from_secs(10)),
         };
         Ok(Arc::new(Self {
+            display_url: without_credentials(url),
             commands,
             min_replicas_ack: redis.min_replicas_ack,
             history,
@@ -794,7 +813,7 @@ fn channel_arg(data: &[Value]) -> Option<&[u8]> {
 async fn probe_health(broker: Arc<RedisBroker>, shutdown: Shutdown) {
     let mut was_ready = false;
     let mut ever_ready = false;
-    let mut first_probe = true;
+    let mut last_warning: Option<std::time::Instant> = None;
     let mut ping = redis::cmd("PING");
     ping.arg("event-gateway");
     loop {
@@ -814,16 +833,23 @@ async fn probe_health(broker: Arc<RedisBroker>, shutdown: Shutdown) {
             broker.subscriptions.ping().await?;
             Ok::<(), BrokerError>(())
         };
-        let ready = match tokio::time::timeout(COMMAND_TIMEOUT * 2, probe).await {
-            Ok(Ok(())) => true,
-            Ok(Err(error)) => {
-                if was_ready || first_probe {
-                    tracing::warn!(%error, "Redis is unreachable; not ready.");
-                }
-                false
-            }
-            Err(_) => false,
+        let outcome = match tokio::time::timeout(COMMAND_TIMEOUT * 2, probe).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", COMMAND_TIMEOUT * 2)),
         };
+        let ready = outcome.is_ok();
+        if let Err(error) = outcome {
+            // Said when it starts, and again every UNREACHABLE_REMINDER while it lasts.
+            if was_ready
+                || last_warning.is_none_or(|at: std::time::Instant| at.elapsed() >= UNREACHABLE_REMINDER)
+            {
+                tracing::warn!(url = %broker.display_url, %error, "Redis is unreachable; not ready (streams and publishes get 503).");
+                last_warning = Some(std::time::Instant::now());
+            }
+        } else {
+            last_warning = None;
+        }
         if ready && !was_ready {
             if ever_ready {
                 tracing::info!("Reconnected to Redis; ready.");
@@ -834,7 +860,6 @@ async fn probe_health(broker: Arc<RedisBroker>, shutdown: Shutdown) {
         }
         broker.ready.store(ready, Ordering::Relaxed);
         was_ready = ready;
-        first_probe = false;
         tokio::select! {
             () = tokio::time::sleep(HEALTH_INTERVAL) => {}
             () = shutdown.stopped() => return,
@@ -897,4 +922,25 @@ pub async fn publish_once(
     id.parse()
         .map(Some)
         .map_err(|_| BrokerError::Failed(format!("unexpected event id {id:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_credentials;
+
+    #[test]
+    fn credentials_never_reach_the_log() {
+        assert_eq!(
+            without_credentials("redis://:s3cret@redis:6379"),
+            "redis://***@redis:6379"
+        );
+        assert_eq!(
+            without_credentials("rediss://u:p@a:1, redis://b:2"),
+            "rediss://***@a:1,redis://b:2"
+        );
+        assert_eq!(
+            without_credentials("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
 }

@@ -84,3 +84,26 @@ async fn http_publish_is_503_while_redis_is_down() {
         .await;
     assert_error(response, StatusCode::SERVICE_UNAVAILABLE, "not_ready").await;
 }
+
+#[tokio::test]
+async fn an_unreachable_redis_is_logged_with_its_url_and_without_its_password() {
+    let mut redis = RedisServer::start().await;
+    redis.kill();
+    let url = redis.url().replace("redis://", "redis://:s3cret@");
+    let gateway = spawn_gateway(
+        GatewayOptions::new(&redis)
+            .env("GATEWAY__REDIS__URL", &url)
+            .without_waiting_until_ready(),
+    )
+    .await;
+    let shown = redis.url().replace("redis://", "redis://***@");
+    crate::common::eventually(Duration::from_secs(15), "the unreachable-Redis warning", || {
+        let found = {
+            let logs = gateway.logs();
+            logs.contains("Redis is unreachable") && logs.contains(&shown)
+        };
+        async move { found }
+    })
+    .await;
+    assert!(!gateway.logs().contains("s3cret"), "the password reached the log");
+}
