@@ -95,8 +95,8 @@ stop_cluster() {
 start_gateway() { # start_gateway [extra env assignments...]
     SERVER_PORT=$(free_port)
     GATEWAY_LOG=$(mktemp /tmp/egb-gateway.XXXXXX.log)
-    env "$@" GATEWAY__SERVER__HOST=127.0.0.1 GATEWAY__SERVER__PORT=$SERVER_PORT \
-        GATEWAY__AUTH__JWT_SECRET=$SECRET GATEWAY__REDIS__URL=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT} \
+    env "$@" GATEWAY__SERVER__HOST=127.0.0.1 "GATEWAY__SERVER__PORT=$SERVER_PORT" \
+        "GATEWAY__AUTH__JWT_SECRET=$SECRET" "GATEWAY__REDIS__URL=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}" \
         GATEWAY__LOG__FORMAT=json GATEWAY__LOG__LEVEL=warn \
         "$BIN_DIR/event-gateway" serve >"$GATEWAY_LOG" 2>&1 &
     SERVER_PID=$!
