@@ -9,6 +9,7 @@ use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
 use crate::policy::RoleRule;
+use crate::routes::ConsoleSettings;
 
 /// The defaults, compiled in so that the binary runs from any directory; a `config/default.toml`
 /// in the working directory replaces them.
@@ -29,6 +30,7 @@ pub struct Settings {
     pub limits: LimitsSettings,
     pub policy: PolicySettings,
     pub log: LogSettings,
+    pub console: ConsoleSettings,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -2,10 +2,12 @@
 //! middleware every response passes through (CORS, access log).
 
 mod connections;
+mod console;
 mod events;
 mod health;
 mod publish;
 
+pub use console::ConsoleSettings;
 pub use events::EventsQuery;
 
 use std::sync::Arc;
@@ -64,6 +66,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(endpoint("/healthz", web::get().to(health::healthz)))
         .service(endpoint("/readyz", web::get().to(health::readyz)))
         .service(endpoint("/metrics", web::get().to(health::metrics)))
+        .service(endpoint("/console", web::get().to(console::page)))
         .default_service(web::to(not_found));
 }
 
