@@ -39,8 +39,9 @@ pub enum ApiError {
     TooManyConnections(usize),
     #[error("no such endpoint")]
     NotFound,
-    #[error("method not allowed on this endpoint")]
-    MethodNotAllowed,
+    /// The method the endpoint does answer, for the `Allow` header.
+    #[error("method not allowed on this endpoint; it answers {0}")]
+    MethodNotAllowed(&'static str),
     #[error("the broker refused the request: {0}")]
     BrokerRejected(String),
     #[error("{0}")]
@@ -110,7 +111,7 @@ impl ApiError {
             Self::RateLimited(_) => "rate_limited",
             Self::TooManyConnections(_) => "too_many_connections",
             Self::NotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::BrokerRejected(_) => "invalid_envelope",
             Self::NotReplicated(_) => "not_replicated",
             Self::Internal => "internal_error",
@@ -131,7 +132,7 @@ impl ResponseError for ApiError {
             }
             Self::RateLimited(_) | Self::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -141,6 +142,9 @@ impl ResponseError for ApiError {
         match self {
             Self::Auth(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            Self::MethodNotAllowed(allowed) => {
+                response.insert_header((header::ALLOW, *allowed));
             }
             Self::NotReady(_)
             | Self::Draining

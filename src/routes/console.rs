@@ -1,3 +1,4 @@
+//! The developer surface. `GET /openapi.json`: the OpenAPI document of every endpoint.
 //! `GET /console`: one self-contained page (no external assets, no build step) for operators
 //! and developers: a live stream with type filters and resume, a publish form, the caller's
 //! `/api/connections` and a few metrics. It holds no secret: the tokens are pasted into it and
@@ -17,6 +18,8 @@ pub struct ConsoleSettings {
 }
 
 const PAGE: &str = include_str!("console.html");
+/// The OpenAPI 3.1 document of every endpoint, kept true by a schema-driven fuzzer test.
+const OPENAPI: &str = include_str!("openapi.json");
 
 /// The page may talk to this gateway only, and runs only its own inline script and style.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
@@ -34,4 +37,12 @@ pub async fn page(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
         .insert_header((header::REFERRER_POLICY, "no-referrer"))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .body(PAGE))
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(OPENAPI)
 }

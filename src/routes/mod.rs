@@ -59,22 +59,61 @@ impl AppState {
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config
-        .service(endpoint("/api/events", web::get().to(events::stream)))
-        .service(endpoint("/api/events/ack", web::post().to(events::acknowledge)))
-        .service(endpoint("/api/publish", web::post().to(publish::publish)))
-        .service(endpoint("/api/connections", web::get().to(connections::list)))
-        .service(endpoint("/healthz", web::get().to(health::healthz)))
-        .service(endpoint("/readyz", web::get().to(health::readyz)))
-        .service(endpoint("/metrics", web::get().to(health::metrics)))
-        .service(endpoint("/console", web::get().to(console::page)))
+        .service(endpoint(
+            "/api/events",
+            Answers::Get,
+            web::get().to(events::stream),
+        ))
+        .service(endpoint(
+            "/api/events/ack",
+            Answers::Post,
+            web::post().to(events::acknowledge),
+        ))
+        .service(endpoint(
+            "/api/publish",
+            Answers::Post,
+            web::post().to(publish::publish),
+        ))
+        .service(endpoint(
+            "/api/connections",
+            Answers::Get,
+            web::get().to(connections::list),
+        ))
+        .service(endpoint("/healthz", Answers::Get, web::get().to(health::healthz)))
+        .service(endpoint("/readyz", Answers::Get, web::get().to(health::readyz)))
+        .service(endpoint("/metrics", Answers::Get, web::get().to(health::metrics)))
+        .service(endpoint("/console", Answers::Get, web::get().to(console::page)))
+        .service(endpoint(
+            "/openapi.json",
+            Answers::Get,
+            web::get().to(console::openapi),
+        ))
         .default_service(web::to(not_found));
 }
 
-/// One path served by one route; other methods get a JSON 405.
-fn endpoint(path: &str, route: actix_web::Route) -> actix_web::Resource {
+/// The methods one endpoint answers.
+#[derive(Clone, Copy)]
+enum Answers {
+    Get,
+    Post,
+}
+
+impl Answers {
+    /// The `Allow` header of a `405`.
+    fn allow(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+        }
+    }
+}
+
+/// One path served by one route; other methods get a JSON 405 with `Allow`.
+fn endpoint(path: &str, method: Answers, route: actix_web::Route) -> actix_web::Resource {
+    let allow = method.allow();
     web::resource(path)
         .route(route)
-        .default_service(web::to(method_not_allowed))
+        .default_service(web::to(move || async move { ApiError::MethodNotAllowed(allow) }))
 }
 
 /// Reads a request body of at most `limit` bytes within the configured deadline. A declared
@@ -115,10 +154,6 @@ pub async fn read_body(
 
 async fn not_found() -> ApiError {
     ApiError::NotFound
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
 }
 
 impl actix_web::Responder for ApiError {

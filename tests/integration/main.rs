@@ -12,6 +12,7 @@ mod hardening;
 mod health;
 mod history;
 mod limits;
+mod openapi;
 mod policy;
 mod priority;
 mod publish;
