@@ -707,8 +707,14 @@ impl Dispatcher {
         let Some((ChannelKind::Durable, org)) = channel_arg(data).and_then(parse_channel) else {
             return;
         };
-        self.subscribed.insert(org.clone());
-        let Some(from) = self.refill.remove(&org) else {
+        let confirmed_again = !self.subscribed.insert(org.clone());
+        // A shard subscription confirmed again (made once more after a failover) refills too:
+        // the first one may have gone to a node that is no longer the slot's owner.
+        let again = || match self.last_durable.get(&org) {
+            Some(last) if self.cluster && confirmed_again => Some(ReplayFrom::After(*last)),
+            _ => None,
+        };
+        let Some(from) = self.refill.remove(&org).or_else(again) else {
             return;
         };
         // Page by page: a long outage's gap is still read with bounded calls.
@@ -789,17 +795,34 @@ impl Dispatcher {
 
 /// Subscribes `org` again, retrying while its shard has no reachable primary (a failover
 /// takes a few seconds), for up to a minute.
+///
+/// Subscribing right after the server dropped a subscription can still reach the node that was
+/// demoted (the connection learns the new owner from a later answer), and that subscription
+/// goes with the connection to that node. So once the cluster has had time to settle, the org
+/// is subscribed once more, on the owner the connection knows by then (a repeated SSUBSCRIBE
+/// on the same node changes nothing; durable events a second subscription would repeat are
+/// dropped by id).
 async fn resubscribe_until_done(subscriptions: &Subscriptions, org: &OrgId) {
-    for attempt in 0..120 {
-        match subscriptions.resubscribe(org).await {
-            Ok(()) => return,
-            Err(error) if attempt == 119 => {
-                tracing::warn!(org = %org, %error, "Could not subscribe again to a shard channel.");
+    for pass in 0..2 {
+        if pass == 1 {
+            tokio::time::sleep(RESUBSCRIBE_SETTLE).await;
+        }
+        for attempt in 0..120 {
+            match subscriptions.resubscribe(org).await {
+                Ok(()) => break,
+                Err(error) if attempt == 119 => {
+                    tracing::warn!(org = %org, %error, "Could not subscribe again to a shard channel.");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
 }
+
+/// How long after subscribing again the subscription is made once more (see
+/// `resubscribe_until_done`).
+const RESUBSCRIBE_SETTLE: Duration = Duration::from_secs(3);
 
 fn channel_arg(data: &[Value]) -> Option<&[u8]> {
     match data.first() {

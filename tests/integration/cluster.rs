@@ -367,13 +367,7 @@ async fn a_primary_killed_while_durable_events_flow_loses_no_acknowledged_event_
     );
     let mut received = Vec::new();
     loop {
-        let label = within(
-            STEP_TIMEOUT * 3,
-            "the stream's next event",
-            olivia.next_data_event(),
-        )
-        .await
-        .label();
+        let label = olivia.next_data_event_within(STEP_TIMEOUT * 3).await.label();
         if label == "control" {
             break;
         }
@@ -522,15 +516,7 @@ async fn a_planned_failover_keeps_streams_open_and_loses_nothing() {
     }
     let mut received = Vec::new();
     for _ in 0..3 {
-        received.push(
-            within(
-                STEP_TIMEOUT * 3,
-                "the next event after the failover",
-                olivia.next_data_event(),
-            )
-            .await
-            .label(),
-        );
+        received.push(olivia.next_data_event_within(STEP_TIMEOUT * 3).await.label());
     }
     assert_eq!(received, published);
 }

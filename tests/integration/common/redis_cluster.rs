@@ -15,11 +15,17 @@ pub struct RedisCluster {
     ports: Vec<u16>,
     processes: Vec<Child>,
     dir: TempDir,
+    /// A place among the clusters that may run at once (six servers each, on two cores).
+    _turn: tokio::sync::SemaphorePermit<'static>,
 }
+
+/// Clusters that run at once: more make failovers slow enough to miss their deadlines.
+static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3);
 
 impl RedisCluster {
     /// Starts six nodes and makes them a cluster of three primaries with one replica each.
     pub async fn start() -> Self {
+        let turn = TURNS.acquire().await.expect("the semaphore is never closed");
         let dir = tempfile::tempdir().expect("creating a working directory for the cluster");
         let ports: Vec<u16> = free_ports(6);
         let processes = ports.iter().map(|port| spawn_node(*port, dir.path())).collect();
@@ -27,6 +33,7 @@ impl RedisCluster {
             ports,
             processes,
             dir,
+            _turn: turn,
         };
         for port in &cluster.ports {
             cluster.wait_for_node(*port).await;

@@ -114,6 +114,29 @@ impl SseClient {
         event.json()
     }
 
+    /// The next message that is not a `keepalive`, waiting up to `limit` for each frame (for
+    /// events that follow a failover, which takes the cluster a few seconds).
+    pub async fn next_data_event_within(&mut self, limit: Duration) -> SseEvent {
+        loop {
+            let frame = self
+                .next_frame_or_end(limit)
+                .await
+                .unwrap_or_else(|| panic!("SSE stream ended while a frame was expected"));
+            if let russe::Event::Message(message) = frame {
+                let event = SseEvent {
+                    event: message
+                        .event
+                        .map_or_else(|| "message".to_string(), |event| event.to_string()),
+                    id: message.id.map(|id| id.to_string()),
+                    data: message.data.to_string(),
+                };
+                if event.event != "keepalive" {
+                    return event;
+                }
+            }
+        }
+    }
+
     /// The next message that is not a `keepalive`.
     pub async fn next_data_event(&mut self) -> SseEvent {
         loop {
