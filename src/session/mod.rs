@@ -216,7 +216,8 @@ impl Sessions {
         let subscriber = shard.register(viewer, &claims.role, claims.exp, now, cursors.is_some());
         // Ids ordered per org: a stream of several orgs says where it is with a cursor of
         // per-org positions, starting where each org starts.
-        if self.broker.ids_per_org() && claims.orgs.len() > 1 {
+        let tracks_cursor = self.broker.ids_per_org() && claims.orgs.len() > 1;
+        if tracks_cursor {
             let live_from = Position::From(unix_millis());
             subscriber.track_cursor(Cursor::starting(&claims.orgs, |org| {
                 let start = cursors
@@ -255,6 +256,7 @@ impl Sessions {
                 acquiring: None,
                 fetching: None,
                 reading_tail: false,
+                tracks_cursor,
             })
         });
         tracing::debug!(
@@ -389,6 +391,9 @@ struct ReplayDriver {
     fetching: Option<PageFuture>,
     /// The stream queues durable events again; what remains is the tail read.
     reading_tail: bool,
+    /// The stream writes its resume cursor after each durable event (held by its hub slot), so
+    /// replayed events go through the slot too; other streams write the shared frames alone.
+    tracks_cursor: bool,
 }
 
 enum ReplayStep {
@@ -452,7 +457,11 @@ impl ReplayDriver {
                     break;
                 };
                 if subscriber.may_see(&event) {
-                    subscriber.write_replayed(&event, framing.replayed(&event), &mut out);
+                    if self.tracks_cursor {
+                        subscriber.write_replayed(&event, framing.replayed(&event), &mut out);
+                    } else {
+                        out.extend_from_slice(framing.replayed(&event));
+                    }
                 }
             }
             if out.len() >= MAX_REPLAY_CHUNK_BYTES {
