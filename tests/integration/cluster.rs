@@ -8,11 +8,11 @@ use serde_json::{json, Value};
 
 use crate::common::envelope::envelope;
 use crate::common::gateway::{spawn_gateway, Gateway, GatewayOptions};
-use crate::common::http::{assert_refused_with_retry_after, send};
+use crate::common::http::send;
 use crate::common::redis_cluster::RedisCluster;
 use crate::common::sse::SseClient;
 use crate::common::token::{ops, service, TokenBuilder};
-use crate::common::{within, STEP_TIMEOUT};
+use crate::common::STEP_TIMEOUT;
 
 const TICKET: &str = "ticket.created";
 
@@ -61,19 +61,6 @@ fn set(labels: &[&str]) -> BTreeSet<String> {
     labels.iter().map(|label| label.to_string()).collect()
 }
 
-/// `POST /api/publish` of `envelopes`, asserting `202`; returns the ids.
-async fn publish(gateway: &Gateway, orgs: &[&str], envelopes: Value) -> Vec<String> {
-    let response = gateway.publish_http(&service(orgs), &envelopes).await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED, "POST /api/publish");
-    let body: Value = response.json().await.expect("a JSON body");
-    body["ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|id| id.as_str().expect("ids are strings").to_string())
-        .collect()
-}
-
 #[tokio::test]
 async fn live_spublish_on_each_orgs_tagged_channel_reaches_a_stream_of_orgs_on_three_shards() {
     let cluster = RedisCluster::start().await;
@@ -120,13 +107,12 @@ async fn an_http_batch_over_three_shards_reaches_a_stream_of_all_three_each_clos
     let orgs = orgs_on_three_shards(&cluster).await;
     let gateway = cluster_gateway(&cluster).await;
     let mut olivia = gateway.connect_ready(&token_for("olivia", &orgs), "").await;
-    let names: Vec<&str> = orgs.iter().map(String::as_str).collect();
-    let batch = json!([
+    let batch = [
         ticket(&orgs[0], "a"),
         ticket(&orgs[1], "b"),
-        ticket(&orgs[2], "c")
-    ]);
-    let ids = publish(&gateway, &names, batch).await;
+        ticket(&orgs[2], "c"),
+    ];
+    let ids = gateway.publish_durable(&batch).await;
     assert_eq!(ids.len(), 3);
     let mut seen = BTreeSet::new();
     for _ in 0..3 {
@@ -146,14 +132,10 @@ async fn last_event_id_resumes_an_org_after_the_id_in_cluster_mode() {
     let orgs = orgs_on_three_shards(&cluster).await;
     let gateway = cluster_gateway(&cluster).await;
     let org = &orgs[2];
-    let batch = json!([ticket(org, "e1"), ticket(org, "e2"), ticket(org, "e3")]);
-    let ids = publish(&gateway, &[org], batch).await;
-    let request = gateway
-        .events_request("")
-        .bearer_auth(ops("olivia", org))
-        .header("Last-Event-ID", &ids[0]);
-    let mut olivia = SseClient::open(request).await;
-    olivia.expect_connected().await;
+    let ids = gateway
+        .publish_durable(&[ticket(org, "e1"), ticket(org, "e2"), ticket(org, "e3")])
+        .await;
+    let mut olivia = gateway.resume(&ops("olivia", org), &ids[0]).await;
     for (label, id) in [("e2", &ids[1]), ("e3", &ids[2])] {
         let event = olivia.next_data_event().await;
         assert_eq!((event.label(), event.id.as_ref()), (label.to_string(), Some(id)));
@@ -166,18 +148,12 @@ async fn since_ack_resumes_each_org_from_its_own_position_in_cluster_mode() {
     let orgs = orgs_on_three_shards(&cluster).await;
     let gateway = cluster_gateway(&cluster).await;
     let (first, second) = (&orgs[0], &orgs[1]);
-    let in_first = publish(
-        &gateway,
-        &[first],
-        json!([ticket(first, "a1"), ticket(first, "a2")]),
-    )
-    .await;
-    let in_second = publish(
-        &gateway,
-        &[second],
-        json!([ticket(second, "b1"), ticket(second, "b2")]),
-    )
-    .await;
+    let in_first = gateway
+        .publish_durable(&[ticket(first, "a1"), ticket(first, "a2")])
+        .await;
+    let in_second = gateway
+        .publish_durable(&[ticket(second, "b1"), ticket(second, "b2")])
+        .await;
     for (org, id) in [(first, &in_first[0]), (second, &in_second[0])] {
         let ack = send(
             gateway
@@ -199,16 +175,7 @@ async fn per_user_connection_limit_holds_across_replicas_in_cluster_mode() {
     let cluster = RedisCluster::start().await;
     let options = || GatewayOptions::cluster(&cluster).env("GATEWAY__LIMITS__MAX_CONNECTIONS_PER_USER", "2");
     let (a, b) = tokio::join!(spawn_gateway(options()), spawn_gateway(options()));
-    let token = ops("olivia", "org-1");
-    let _first = a.connect_ready(&token, "").await;
-    let _second = b.connect_ready(&token, "").await;
-    let third = within(
-        STEP_TIMEOUT,
-        "the third stream to be refused",
-        send(a.events_request("").bearer_auth(&token)),
-    )
-    .await;
-    assert_refused_with_retry_after(third, StatusCode::TOO_MANY_REQUESTS).await;
+    crate::replicas::a_third_stream_is_refused(&a, &b, &ops("olivia", "org-1")).await;
 }
 
 #[tokio::test]
@@ -216,19 +183,15 @@ async fn the_cursor_of_a_stream_of_three_shards_resumes_every_org_exactly() {
     let cluster = RedisCluster::start().await;
     let orgs = orgs_on_three_shards(&cluster).await;
     let gateway = cluster_gateway(&cluster).await;
-    let names: Vec<&str> = orgs.iter().map(String::as_str).collect();
     let token = token_for("olivia", &orgs);
     let mut olivia = gateway.connect_ready(&token, "").await;
-    publish(
-        &gateway,
-        &names,
-        json!([
+    gateway
+        .publish_durable(&[
             ticket(&orgs[0], "a1"),
             ticket(&orgs[1], "b1"),
-            ticket(&orgs[2], "c1")
-        ]),
-    )
-    .await;
+            ticket(&orgs[2], "c1"),
+        ])
+        .await;
     let mut last_cursor = None;
     let mut seen = BTreeSet::new();
     for _ in 0..3 {
@@ -240,23 +203,15 @@ async fn the_cursor_of_a_stream_of_three_shards_resumes_every_org_exactly() {
     drop(olivia);
     let cursor = last_cursor.expect("durable events carry the stream's cursor");
     assert!(cursor.len() <= 1024, "the cursor is {} bytes", cursor.len());
-    publish(
-        &gateway,
-        &names,
-        json!([
+    gateway
+        .publish_durable(&[
             ticket(&orgs[0], "a2"),
             ticket(&orgs[1], "b2"),
-            ticket(&orgs[2], "c2")
-        ]),
-    )
-    .await;
-    let request = gateway
-        .events_request("")
-        .bearer_auth(&token)
-        .header("Last-Event-ID", &cursor);
-    let mut resumed = SseClient::open(request).await;
-    resumed.expect_connected().await;
-    publish(&gateway, &[&orgs[0]], json!([ticket(&orgs[0], "control")])).await;
+            ticket(&orgs[2], "c2"),
+        ])
+        .await;
+    let mut resumed = gateway.resume(&token, &cursor).await;
+    gateway.publish_durable(&[ticket(&orgs[0], "control")]).await;
     let mut after = Vec::new();
     loop {
         let label = resumed.next_data_event().await.label();
@@ -278,15 +233,11 @@ async fn an_acknowledged_cursor_resumes_since_ack_in_every_org_it_names() {
     let cluster = RedisCluster::start().await;
     let orgs = orgs_on_three_shards(&cluster).await;
     let gateway = cluster_gateway(&cluster).await;
-    let names: Vec<&str> = orgs.iter().map(String::as_str).collect();
     let token = token_for("olivia", &orgs[..2]);
     let mut olivia = gateway.connect_ready(&token, "").await;
-    publish(
-        &gateway,
-        &names[..2],
-        json!([ticket(&orgs[0], "a1"), ticket(&orgs[1], "b1")]),
-    )
-    .await;
+    gateway
+        .publish_durable(&[ticket(&orgs[0], "a1"), ticket(&orgs[1], "b1")])
+        .await;
     let first = olivia.next_data_event().await;
     let second = olivia.next_data_event().await;
     drop(olivia);
@@ -299,12 +250,9 @@ async fn an_acknowledged_cursor_resumes_since_ack_in_every_org_it_names() {
     )
     .await;
     assert_eq!(ack.status(), StatusCode::NO_CONTENT, "ack of a cursor");
-    publish(
-        &gateway,
-        &names[..2],
-        json!([ticket(&orgs[0], "a2"), ticket(&orgs[1], "b2")]),
-    )
-    .await;
+    gateway
+        .publish_durable(&[ticket(&orgs[0], "a2"), ticket(&orgs[1], "b2")])
+        .await;
     let mut resumed = gateway.connect_ready(&token, "since=ack").await;
     assert_eq!(
         next_labels(&mut resumed, 2).await,
@@ -359,12 +307,7 @@ async fn a_primary_killed_while_durable_events_flow_loses_no_acknowledged_event_
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
-    assert_eq!(
-        publish(&gateway, &[org], json!([ticket(org, "control")]))
-            .await
-            .len(),
-        1
-    );
+    assert_eq!(gateway.publish_durable(&[ticket(org, "control")]).await.len(), 1);
     let mut received = Vec::new();
     loop {
         let label = olivia.next_data_event_within(STEP_TIMEOUT * 3).await.label();
@@ -392,15 +335,12 @@ async fn a_position_from_before_the_cluster_lost_an_orgs_history_gets_a_reset_no
     let cluster = RedisCluster::start().await;
     let gateway = cluster_gateway(&cluster).await;
     let org = "org-1";
-    let before = publish(&gateway, &[org], json!([ticket(org, "b1"), ticket(org, "b2")])).await;
+    let before = gateway
+        .publish_durable(&[ticket(org, "b1"), ticket(org, "b2")])
+        .await;
     cluster.flush_all().await;
-    let after = publish(&gateway, &[org], json!([ticket(org, "a1")])).await;
-    let request = gateway
-        .events_request("")
-        .bearer_auth(ops("olivia", org))
-        .header("Last-Event-ID", &before[0]);
-    let mut olivia = SseClient::open(request).await;
-    olivia.expect_connected().await;
+    let after = gateway.publish_durable(&[ticket(org, "a1")]).await;
+    let mut olivia = gateway.resume(&ops("olivia", org), &before[0]).await;
     let truncated = olivia.next_data_event().await;
     assert_eq!(truncated.event, "history.truncated", "got {truncated:?}");
     assert_eq!(truncated.json(), json!({"oldestId": after[0], "reason": "reset"}));
@@ -412,25 +352,18 @@ async fn since_a_time_replays_each_org_from_that_time_over_three_shards() {
     let cluster = RedisCluster::start().await;
     let orgs = orgs_on_three_shards(&cluster).await;
     let gateway = cluster_gateway(&cluster).await;
-    let names: Vec<&str> = orgs.iter().map(String::as_str).collect();
-    publish(
-        &gateway,
-        &names,
-        json!([ticket(&orgs[0], "old a"), ticket(&orgs[1], "old b")]),
-    )
-    .await;
+    gateway
+        .publish_durable(&[ticket(&orgs[0], "old a"), ticket(&orgs[1], "old b")])
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("a clock after 1970")
         .as_millis();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    publish(
-        &gateway,
-        &names,
-        json!([ticket(&orgs[0], "new a"), ticket(&orgs[2], "new c")]),
-    )
-    .await;
+    gateway
+        .publish_durable(&[ticket(&orgs[0], "new a"), ticket(&orgs[2], "new c")])
+        .await;
     let mut olivia = gateway
         .connect_ready(&token_for("olivia", &orgs), &format!("since={since}"))
         .await;
@@ -444,16 +377,13 @@ async fn a_replay_in_cluster_mode_sends_only_what_the_user_may_see() {
     let org = "org-1";
     let for_tenant =
         |label: &str, tenant: &str| -> Value { envelope(org, TICKET, label).tenant_id(tenant).into() };
-    publish(
-        &gateway,
-        &[org],
-        json!([
+    gateway
+        .publish_durable(&[
             for_tenant("alice 1", "alice"),
             for_tenant("bob 1", "bob"),
-            for_tenant("alice 2", "alice")
-        ]),
-    )
-    .await;
+            for_tenant("alice 2", "alice"),
+        ])
+        .await;
     let alice = TokenBuilder::new("alice", "tenant").org(org).sign();
     let mut stream = gateway.connect_ready(&alice, "since=0").await;
     assert_eq!(stream.next_data_event().await.label(), "alice 1");
@@ -467,23 +397,15 @@ async fn a_trimmed_history_in_cluster_mode_is_told_before_what_remains() {
         spawn_gateway(GatewayOptions::cluster(&cluster).env("GATEWAY__HISTORY__MAX_EVENTS_PER_ORG", "2"))
             .await;
     let org = "org-1";
-    let ids = publish(
-        &gateway,
-        &[org],
-        json!([
+    let ids = gateway
+        .publish_durable(&[
             ticket(org, "e1"),
             ticket(org, "e2"),
             ticket(org, "e3"),
-            ticket(org, "e4")
-        ]),
-    )
-    .await;
-    let request = gateway
-        .events_request("")
-        .bearer_auth(ops("olivia", org))
-        .header("Last-Event-ID", &ids[0]);
-    let mut olivia = SseClient::open(request).await;
-    olivia.expect_connected().await;
+            ticket(org, "e4"),
+        ])
+        .await;
+    let mut olivia = gateway.resume(&ops("olivia", org), &ids[0]).await;
     let truncated = olivia.next_data_event().await;
     assert_eq!(truncated.event, "history.truncated", "got {truncated:?}");
     assert_eq!(truncated.json(), json!({"oldestId": ids[2], "reason": "trimmed"}));
@@ -496,7 +418,7 @@ async fn a_planned_failover_keeps_streams_open_and_loses_nothing() {
     let gateway = cluster_gateway(&cluster).await;
     let org = "org-1";
     let mut olivia = gateway.connect_ready(&ops("olivia", org), "").await;
-    publish(&gateway, &[org], json!([ticket(org, "before")])).await;
+    gateway.publish_durable(&[ticket(org, "before")]).await;
     assert_eq!(olivia.next_data_event().await.label(), "before");
     cluster.fail_over(org).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);

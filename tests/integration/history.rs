@@ -34,17 +34,6 @@ fn tickets(labels: &[&str]) -> Vec<Value> {
     labels.iter().map(|label| ticket(label)).collect()
 }
 
-/// Opens a stream resuming after `last_event_id` (header) and reads up to `connected`.
-async fn resume(app: &TestApp, token: &str, last_event_id: &str) -> SseClient {
-    let request = app
-        .events_request("")
-        .bearer_auth(token)
-        .header("Last-Event-ID", last_event_id);
-    let mut client = SseClient::open(request).await;
-    client.expect_connected().await;
-    client
-}
-
 fn encode_query(pairs: &[(&str, &str)]) -> String {
     serde_urlencoded::to_string(pairs).expect("encoding a query string")
 }
@@ -68,7 +57,7 @@ async fn clock_passes(millis: u128) {
 async fn last_event_id_replays_the_later_durable_events_then_continues_live() {
     let app = spawn_app().await;
     let ids = app.publish_durable(&tickets(&["e1", "e2", "e3"])).await;
-    let mut olivia = resume(&app, &ops("olivia", ORG), &ids[0]).await;
+    let mut olivia = app.resume(&ops("olivia", ORG), &ids[0]).await;
     for (label, id) in [("e2", &ids[1]), ("e3", &ids[2])] {
         let event = olivia.next_data_event().await;
         assert_eq!(event.label(), label);
@@ -86,7 +75,7 @@ async fn live_events_published_while_away_are_not_replayed() {
     let first = app.publish_durable(&tickets(&["durable 1"])).await;
     app.publish_live(ORG, ticket("live while away")).await;
     app.publish_durable(&tickets(&["durable 2"])).await;
-    let mut olivia = resume(&app, &ops("olivia", ORG), &first[0]).await;
+    let mut olivia = app.resume(&ops("olivia", ORG), &first[0]).await;
     app.publish_live(ORG, ticket("control")).await;
     assert_eq!(olivia.labels_until("control").await, ["durable 2"]);
 }
@@ -165,7 +154,7 @@ async fn replay_delivers_only_events_the_user_may_see() {
         ])
         .await;
     let alice = TokenBuilder::new("alice", "tenant").org(ORG).sign();
-    let mut alice = resume(&app, &alice, &ids[0]).await;
+    let mut alice = app.resume(&alice, &ids[0]).await;
     assert_eq!(alice.labels_until("control").await, ["alice 2"]);
 }
 
@@ -180,7 +169,7 @@ async fn one_last_event_id_resumes_across_orgs_in_id_order() {
         .org("org-a")
         .org("org-b")
         .sign();
-    let mut olivia = resume(&app, &token, &ids[0]).await;
+    let mut olivia = app.resume(&token, &ids[0]).await;
     for (label, id) in [("b1", &ids[1]), ("a2", &ids[2]), ("b2", &ids[3])] {
         let event = olivia.next_data_event().await;
         assert_eq!(event.label(), label, "durable events arrive in id order");
@@ -301,7 +290,7 @@ async fn id_older_than_retained_history_gets_history_truncated_before_the_rest()
     let ids = app
         .publish_durable(&tickets(&["e1", "e2", "e3", "e4", "e5"]))
         .await;
-    let mut olivia = resume(&app, &ops("olivia", ORG), &ids[0]).await;
+    let mut olivia = app.resume(&ops("olivia", ORG), &ids[0]).await;
     let truncated = olivia.next_data_event().await;
     assert_eq!(truncated.event, "history.truncated", "got {truncated:?}");
     assert_eq!(truncated.json(), json!({"oldestId": ids[2], "reason": "trimmed"}));
@@ -369,7 +358,7 @@ async fn user_in_two_orgs_resumes_interleaved_events_in_id_order() {
     let second = app.publish_durable(&interleaved("second")).await;
     let expected: Vec<String> = first[5..].iter().chain(&second).cloned().collect();
     assert_ids_increase(&first.iter().chain(&second).cloned().collect::<Vec<_>>());
-    let mut olivia = resume(&app, &token, &seen[4]).await;
+    let mut olivia = app.resume(&token, &seen[4]).await;
     app.publish_live("org-b", envelope("org-b", TICKET, "control"))
         .await;
     let received = ids_until_control(&mut olivia, "olivia after resuming").await;

@@ -139,12 +139,7 @@ async fn a_position_from_before_redis_lost_its_history_gets_a_reset_notice_then_
         after[0] > before[1],
         "new ids still sort after the old ones: {before:?} {after:?}"
     );
-    let request = app
-        .events_request("")
-        .bearer_auth(ops("olivia", ORG))
-        .header("Last-Event-ID", &before[0]);
-    let mut olivia = SseClient::open(request).await;
-    olivia.expect_connected().await;
+    let mut olivia = app.resume(&ops("olivia", ORG), &before[0]).await;
     let truncated = olivia.next_data_event().await;
     assert_eq!(truncated.event, "history.truncated", "got {truncated:?}");
     assert_eq!(

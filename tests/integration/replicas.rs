@@ -140,13 +140,18 @@ async fn per_user_connection_limit_holds_across_replicas() {
         options.env("GATEWAY__LIMITS__MAX_CONNECTIONS_PER_USER", "2")
     })
     .await;
-    let token = ops("olivia", ORG);
-    let _first = a.connect_ready(&token, "").await;
-    let _second = b.connect_ready(&token, "").await;
+    a_third_stream_is_refused(&a, &b, &ops("olivia", ORG)).await;
+}
+
+/// With `limits.max_connections_per_user = 2`: one stream of the user on each replica, then a
+/// third one is `429` with `Retry-After`.
+pub async fn a_third_stream_is_refused(a: &Gateway, b: &Gateway, token: &str) {
+    let _first = a.connect_ready(token, "").await;
+    let _second = b.connect_ready(token, "").await;
     let third = within(
         STEP_TIMEOUT,
         "the third stream to be refused",
-        send(a.events_request("").bearer_auth(&token)),
+        send(a.events_request("").bearer_auth(token)),
     )
     .await;
     assert_refused_with_retry_after(third, StatusCode::TOO_MANY_REQUESTS).await;

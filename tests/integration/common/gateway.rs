@@ -376,6 +376,18 @@ impl Gateway {
         .await
     }
 
+    /// Opens a stream with `token` resuming after `last_event_id` (the `Last-Event-ID` header)
+    /// and reads up to `connected`.
+    pub async fn resume(&self, token: &str, last_event_id: &str) -> SseClient {
+        let request = self
+            .events_request("")
+            .bearer_auth(token)
+            .header("Last-Event-ID", last_event_id);
+        let mut client = SseClient::open(request).await;
+        client.expect_connected().await;
+        client
+    }
+
     /// Publishes durably over HTTP, asserts `202`, and returns the ids.
     pub async fn publish_durable(&self, envelopes: &[Value]) -> Vec<String> {
         let mut orgs: Vec<&str> = envelopes
