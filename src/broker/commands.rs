@@ -108,11 +108,7 @@ impl Commands {
                 }
             }
             Ok(mut connection) => Ok(vec![command.query_async(&mut connection).await?]),
-            Err(error) => Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "Redis is not reachable",
-                error.to_string(),
-            ))),
+            Err(error) => Err(not_reachable(error)),
         }
     }
 
@@ -129,11 +125,7 @@ impl Commands {
                 cluster.route_command(command, routing).await.map(|_| ())
             }
             Ok(mut connection) => command.query_async::<String>(&mut connection).await.map(|_| ()),
-            Err(error) => Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "Redis is not reachable",
-                error.to_string(),
-            ))),
+            Err(error) => Err(not_reachable(error)),
         }
     }
 
@@ -166,6 +158,12 @@ impl Commands {
             }
         }
     }
+}
+
+/// A connection that could not be made, as the Redis error the callers of
+/// `on_every_primary` / `load_everywhere` classify.
+fn not_reachable(error: BrokerError) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "Redis is not reachable", error.to_string()))
 }
 
 fn cluster_client(

@@ -86,6 +86,17 @@ async fn http_publish_is_503_while_redis_is_down() {
 }
 
 #[tokio::test]
+async fn http_publish_is_503_not_replicated_when_fewer_replicas_than_required_hold_the_event() {
+    // A Redis with no replica cannot confirm one: the event is stored, the answer says so.
+    let app =
+        crate::common::spawn_app_with(|options| options.env("GATEWAY__REDIS__MIN_REPLICAS_ACK", "1")).await;
+    let response = app
+        .publish_http(&service(&[ORG]), &envelope(ORG, "ticket.created", "x").into())
+        .await;
+    assert_error(response, StatusCode::SERVICE_UNAVAILABLE, "not_replicated").await;
+}
+
+#[tokio::test]
 async fn an_unreachable_redis_is_logged_with_its_url_and_without_its_password() {
     let mut redis = RedisServer::start().await;
     redis.kill();
