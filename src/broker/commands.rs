@@ -14,9 +14,7 @@ use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{
-    MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
-};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Value};
 use tokio::sync::OnceCell;
 
@@ -195,30 +193,6 @@ pub enum Connection {
     Cluster(ClusterConnection),
 }
 
-impl Connection {
-    /// `WAIT`s until `replicas` replicas hold the writes this connection sent to the node of
-    /// `key`, for at most `timeout_ms`; answers how many do.
-    pub async fn wait_for_replicas(
-        &mut self,
-        key: &str,
-        replicas: u32,
-        timeout_ms: u64,
-    ) -> redis::RedisResult<i64> {
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas).arg(timeout_ms);
-        match self {
-            Self::Pooled(connection) => wait.query_async(connection).await,
-            Self::Cluster(connection) => {
-                // To the primary that owns `key`'s slot, where the writes went.
-                let route = Route::new(key_slot(key), SlotAddr::Master);
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                let answer = connection.route_command(wait, routing).await?;
-                Ok(i64::from_redis_value(answer)?)
-            }
-        }
-    }
-}
-
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
@@ -245,31 +219,6 @@ impl ConnectionLike for Connection {
             Self::Cluster(connection) => connection.get_db(),
         }
     }
-}
-
-/// The cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag (the part between the first
-/// `{` and the next `}`, when not empty) or of the whole key, modulo 16384.
-pub fn key_slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
-    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
-        let rest = &bytes[open + 1..];
-        rest.iter()
-            .position(|&b| b == b'}')
-            .filter(|&close| close > 0)
-            .map(|close| &rest[..close])
-    });
-    let mut crc: u16 = 0;
-    for &byte in tagged.unwrap_or(bytes) {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
 }
 
 /// Commands whose answers are not needed, grouped by the key whose hash slot they touch: one
@@ -336,19 +285,6 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_slots_are_redis_clusters() {
-        // From the Redis Cluster specification and `CLUSTER KEYSLOT`.
-        assert_eq!(key_slot("123456789"), 0x31c3);
-        assert_eq!(key_slot("foo"), 12182);
-        assert_eq!(key_slot("events:history:{org-1}"), key_slot("org-1"));
-        assert_eq!(
-            key_slot("a{}b"),
-            key_slot("a{}b"),
-            "an empty tag hashes the whole key"
-        );
-    }
 
     #[test]
     fn seeds_are_split_on_commas_and_trimmed() {

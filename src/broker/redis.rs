@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
-use redis::{ProtocolVersion, PushInfo, PushKind, Value};
+use redis::{FromRedisValue, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::commands::{pubsub_cluster_client, seed_urls, Commands, COMMAND_TIMEOUT};
+use super::commands::{pubsub_cluster_client, seed_urls, Commands, Connection, COMMAND_TIMEOUT};
 use super::subscriptions::{parse_channel, ChannelKind, PubSub, Subscriptions};
 use super::{
     BrokerError, HistoryBounds, HistorySettings, Lease, OrgCursor, OrgPage, Page, PublishItem, RedisSettings,
@@ -304,53 +304,88 @@ impl RedisBroker {
         };
         let mut connection = self.commands.get().await?;
         for group in groups {
-            let mut pipeline = redis::pipe();
-            if group.len() > 1 {
-                // One bad or failed event publishes none of the group.
-                pipeline.atomic();
-            }
-            for &index in &group {
-                pipeline
-                    .cmd("FCALL")
-                    .arg("event_gateway_publish")
-                    .arg(1)
-                    .arg(items[index].org.as_str())
-                    .arg(&items[index].raw);
-            }
-            let published: Vec<String> = match pipeline.query_async(&mut connection).await {
-                Ok(ids) => ids,
-                Err(error) if is_missing_function(&error) => {
-                    self.history.load_functions().await?;
-                    pipeline
-                        .query_async(&mut connection)
-                        .await
-                        .map_err(publish_error)?
-                }
-                Err(error) => return Err(publish_error(error)),
-            };
+            let published = self.publish_group(&mut connection, items, &group).await?;
             for (&index, id) in group.iter().zip(published) {
                 let id = id
                     .parse()
                     .map_err(|_| BrokerError::Failed(format!("unexpected event id {id:?}")))?;
                 ids[index] = Some(id);
             }
-            if self.min_replicas_ack > 0 {
-                let org = items[group[0]].org.as_str();
-                let held = connection
-                    .wait_for_replicas(org, self.min_replicas_ack, REPLICA_ACK_TIMEOUT.as_millis() as u64)
-                    .await
-                    .map_err(command_error)?;
-                if held < i64::from(self.min_replicas_ack) {
-                    return Err(BrokerError::NotReplicated {
-                        wanted: self.min_replicas_ack,
-                        held,
-                    });
-                }
-            }
         }
         ids.into_iter()
             .map(|id| id.ok_or_else(|| BrokerError::Failed("Redis answered fewer ids than events".into())))
             .collect()
+    }
+
+    /// Publishes the events `group` picks from `items` (one org's, in cluster mode) in one
+    /// transaction when there are several, and, with `redis.min_replicas_ack`, `WAIT`s in the
+    /// same pipeline: it runs on the node that took the writes, whatever the cluster's routing
+    /// does meanwhile. Returns the ids.
+    async fn publish_group(
+        &self,
+        connection: &mut Connection,
+        items: &[PublishItem],
+        group: &[usize],
+    ) -> Result<Vec<String>, BrokerError> {
+        let wait = self.min_replicas_ack;
+        let transaction = group.len() > 1;
+        let mut pipeline = redis::pipe();
+        if transaction {
+            // One bad or failed event publishes none of the group.
+            pipeline.cmd("MULTI").ignore();
+        }
+        for &index in group {
+            pipeline
+                .cmd("FCALL")
+                .arg("event_gateway_publish")
+                .arg(1)
+                .arg(items[index].org.as_str())
+                .arg(&items[index].raw);
+            if transaction {
+                pipeline.ignore();
+            }
+        }
+        if transaction {
+            pipeline.cmd("EXEC");
+        }
+        if wait > 0 {
+            pipeline
+                .cmd("WAIT")
+                .arg(wait)
+                .arg(REPLICA_ACK_TIMEOUT.as_millis() as u64);
+        }
+        let mut replies: Vec<Value> = match pipeline.query_async(&mut *connection).await {
+            Ok(replies) => replies,
+            Err(error) if is_missing_function(&error) => {
+                self.history.load_functions().await?;
+                pipeline
+                    .query_async(&mut *connection)
+                    .await
+                    .map_err(publish_error)?
+            }
+            Err(error) => return Err(publish_error(error)),
+        };
+        if wait > 0 {
+            let held = replies
+                .pop()
+                .and_then(|reply| i64::from_redis_value(reply).ok())
+                .ok_or_else(|| BrokerError::Failed("WAIT answered no count".into()))?;
+            if held < i64::from(wait) {
+                return Err(BrokerError::NotReplicated { wanted: wait, held });
+            }
+        }
+        let ids = if transaction {
+            replies.pop().map(Vec::<String>::from_redis_value)
+        } else {
+            replies
+                .pop()
+                .map(|reply| String::from_redis_value(reply).map(|id| vec![id]))
+        };
+        match ids {
+            Some(Ok(ids)) if ids.len() == group.len() => Ok(ids),
+            Some(Err(error)) => Err(BrokerError::Failed(format!("unexpected publish answer: {error}"))),
+            _ => Err(BrokerError::Failed("Redis answered fewer ids than events".into())),
+        }
     }
 
     pub(super) async fn read_page(&self, cursors: &[OrgCursor], count: usize) -> Result<Page, BrokerError> {
