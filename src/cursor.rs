@@ -87,6 +87,13 @@ impl Cursor {
         }
     }
 
+    /// Adds an org the stream gained (a refreshed token), from `position`.
+    pub fn add(&mut self, org: OrgId, position: Position) {
+        if !self.positions.iter().any(|(known, _)| *known == org) {
+            self.positions.push((org, position));
+        }
+    }
+
     /// The client has received `id` of `org`.
     pub fn advance(&mut self, org: &OrgId, id: EventId) {
         if let Some((_, position)) = self.positions.iter_mut().find(|(known, _)| known == org) {

@@ -62,6 +62,10 @@ impl From<SessionError> for ApiError {
             }
             SessionError::TooManyConnections(max) => Self::TooManyConnections(max),
             SessionError::Broker(error) => error.into(),
+            error @ SessionError::OtherUser => Self::Auth(AuthError::Claims(error.to_string())),
+            error @ SessionError::NeverIssued(_) => {
+                Self::bad_request("invalid_last_event_id", error.to_string())
+            }
         }
     }
 }

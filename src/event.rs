@@ -3,11 +3,14 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+use crate::wire::ws::{DeflatedEvent, EncodedEvent};
 
 /// Longest accepted organization id, in bytes.
 const MAX_ORG_ID_LEN: usize = 64;
@@ -350,6 +353,12 @@ pub struct Event {
     frame: Bytes,
     /// Length of the leading `id:` line, so the frame can also be sent without it.
     id_line_len: usize,
+    /// Where the event's data starts in `frame` (it ends before the closing blank line).
+    data_start: usize,
+    /// The WebSocket message, built when a WebSocket recipient first needs it.
+    ws: OnceLock<EncodedEvent>,
+    /// The compressed WebSocket message (`None`: not worth compressing), built likewise.
+    ws_deflated: OnceLock<Option<DeflatedEvent>>,
     /// When this replica received the event, for `gateway_fanout_seconds`.
     pub received_at: Instant,
 }
@@ -363,6 +372,7 @@ impl Event {
         frame.put_slice(b"event: ");
         frame.put_slice(event_type.as_bytes());
         frame.put_slice(b"\ndata: ");
+        let data_start = frame.len();
         frame.put_slice(envelope.data.as_bytes());
         frame.put_slice(b"\n\n");
         Self {
@@ -373,6 +383,9 @@ impl Event {
             routing: envelope.routing,
             frame: frame.freeze(),
             id_line_len: id_line.len(),
+            data_start,
+            ws: OnceLock::new(),
+            ws_deflated: OnceLock::new(),
             received_at: Instant::now(),
         }
     }
@@ -425,6 +438,28 @@ impl Event {
     /// so the client's resume cursor never skips them.
     pub fn frame_without_id(&self) -> Bytes {
         self.frame.slice(self.id_line_len..)
+    }
+
+    /// The event's WebSocket message, encoded once per replica (by its first WebSocket
+    /// recipient) and shared.
+    pub fn ws(&self) -> &EncodedEvent {
+        self.ws.get_or_init(|| {
+            let data =
+                std::str::from_utf8(&self.frame[self.data_start..self.frame.len() - 2]).unwrap_or("null");
+            EncodedEvent::new(
+                self.event_type.as_str(),
+                data,
+                self.id.map(|id| id.to_string()).as_deref(),
+            )
+        })
+    }
+
+    /// The event's compressed WebSocket message, compressed once per replica, or `None` when
+    /// it is under `min_bytes` (the same for every connection of a replica) or does not shrink.
+    pub fn ws_deflated(&self, min_bytes: u32) -> Option<&DeflatedEvent> {
+        self.ws_deflated
+            .get_or_init(|| self.ws().deflated(min_bytes))
+            .as_ref()
     }
 }
 

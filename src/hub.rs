@@ -21,7 +21,8 @@ use crate::clock::unix_secs;
 use crate::cursor::Cursor;
 use crate::event::{Event, EventId, OrgId, Priority};
 use crate::metrics::{DeliveryStats, METRICS};
-use crate::policy::Viewer;
+use crate::policy::{TypeFilter, Viewer};
+use crate::wire::{Encoding, PerEncoding};
 
 pub type ConnectionId = u64;
 
@@ -94,17 +95,24 @@ impl StreamGroup {
 /// One open stream as the hub sees it.
 pub struct Subscriber {
     pub id: ConnectionId,
-    pub role: Box<str>,
-    viewer: Viewer,
-    /// When the token expires (seconds since the epoch); the stream then ends with `auth.expired`.
-    expires_at: u64,
+    /// How this stream's bytes are written (its transport).
+    encoding: Encoding,
     slot: Mutex<Slot>,
 }
 
-/// A connection's pending output. Emptied queues give their memory back, so an idle
-/// connection holds no buffer.
-#[derive(Default)]
+/// Who a stream is: what its token lets it see, until when. Replaced when a WebSocket client
+/// refreshes its token.
+struct Identity {
+    viewer: Viewer,
+    role: Box<str>,
+    /// When the token expires (seconds since the epoch); the stream then ends with `auth.expired`.
+    expires_at: u64,
+}
+
+/// A connection's identity and pending output. Emptied queues give their memory back, so an
+/// idle connection holds no buffer.
 struct Slot {
+    identity: Identity,
     normal: VecDeque<Arc<Event>>,
     /// High-priority events, sent before `normal`. The flag says the event overtook queued
     /// durable events and must go out without its `id:` line.
@@ -124,11 +132,6 @@ struct Slot {
     /// For a stream of several orgs whose ids are ordered per org: the positions the client
     /// has received, written as the `id:` of each durable event (after its shared lines).
     cursor: Option<Box<Cursor>>,
-}
-
-/// The `id:` line and blank line that close an event's block for a stream with a cursor.
-fn cursor_line(cursor: &Cursor) -> Bytes {
-    Bytes::from(format!("id: {}\n\n", cursor.encode()))
 }
 
 impl Slot {
@@ -253,14 +256,14 @@ impl Hub {
     }
 
     /// See `Shard::tick`.
-    pub fn tick(&self, now: u64, keepalive_secs: u64, keepalive_frame: &Bytes, expired_frame: &Bytes) {
+    pub fn tick(&self, now: u64, keepalive_secs: u64, keepalive: &PerEncoding, expired: &PerEncoding) {
         for shard in self.shards() {
-            shard.tick(now, keepalive_secs, keepalive_frame, expired_frame);
+            shard.tick(now, keepalive_secs, keepalive, expired);
         }
     }
 
-    /// Ends every stream after sending it the frame `final_frame` makes for it (drain).
-    pub fn close_all(&self, mut final_frame: impl FnMut() -> Bytes) {
+    /// Ends every stream after sending it the frame `final_frame` makes for its encoding (drain).
+    pub fn close_all(&self, mut final_frame: impl FnMut(Encoding) -> Bytes) {
         for shard in self.shards() {
             shard.close_all(&mut final_frame);
         }
@@ -298,43 +301,44 @@ impl Shard {
     /// Adds a subscriber for every org of `viewer`. From now on it queues the events it may see.
     /// `replaying`: the stream starts with a replay, during which durable events are not
     /// queued (see `Subscriber::stop_replaying`).
-    pub fn register(
-        &self,
-        viewer: Viewer,
-        role: &str,
-        expires_at: u64,
-        now: u64,
-        replaying: bool,
-    ) -> Arc<Subscriber> {
+    pub fn register(&self, viewer: Viewer, role: &str, expires_at: u64, opening: Opening) -> Arc<Subscriber> {
         let subscriber = Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            role: role.into(),
-            viewer,
-            expires_at,
+            encoding: opening.encoding,
             slot: Mutex::new(Slot {
-                last_activity: now,
-                replaying,
-                ..Slot::default()
+                identity: Identity {
+                    viewer,
+                    role: role.into(),
+                    expires_at,
+                },
+                normal: VecDeque::new(),
+                high: VecDeque::new(),
+                keepalive: None,
+                closing: None,
+                waker: None,
+                woken: false,
+                last_activity: opening.now,
+                replaying: opening.replaying,
+                cursor: None,
             }),
         });
-        {
-            let mut orgs = self.orgs.write();
-            for org in subscriber.viewer.orgs() {
-                orgs.entry(org.clone()).or_default().push(subscriber.clone());
-            }
-        }
+        let orgs = subscriber.orgs();
+        self.list_under(&subscriber, &orgs);
         self.connections.lock().insert(subscriber.id, subscriber.clone());
-        METRICS.connection_opened(role);
+        METRICS.connection_opened(role, opening.encoding.transport());
         subscriber
     }
 
-    /// Removes a subscriber (its stream ended or the client went away).
-    pub fn unregister(&self, subscriber: &Subscriber) {
-        if self.connections.lock().remove(&subscriber.id).is_none() {
-            return;
-        }
+    fn list_under(&self, subscriber: &Arc<Subscriber>, added: &[OrgId]) {
         let mut orgs = self.orgs.write();
-        for org in subscriber.viewer.orgs() {
+        for org in added {
+            orgs.entry(org.clone()).or_default().push(subscriber.clone());
+        }
+    }
+
+    fn unlist_from(&self, subscriber: &Subscriber, removed: &[OrgId]) {
+        let mut orgs = self.orgs.write();
+        for org in removed {
             if let Some(list) = orgs.get_mut(org) {
                 if let Some(position) = list.iter().position(|s| s.id == subscriber.id) {
                     list.swap_remove(position);
@@ -344,7 +348,55 @@ impl Shard {
                 }
             }
         }
-        METRICS.connection_closed(&subscriber.role);
+    }
+
+    /// Removes a subscriber (its stream ended or the client went away).
+    pub fn unregister(&self, subscriber: &Subscriber) {
+        if self.connections.lock().remove(&subscriber.id).is_none() {
+            return;
+        }
+        self.unlist_from(subscriber, &subscriber.orgs());
+        METRICS.connection_closed(&subscriber.role(), subscriber.encoding.transport());
+    }
+
+    /// Gives a stream a new identity (a refreshed token): from now on it receives what `viewer`
+    /// may see, until `expires_at`. Orgs it gains are listed before it sees their events, and
+    /// the caller subscribed them; an org it lost stops reaching it here.
+    pub fn reidentify(&self, subscriber: &Arc<Subscriber>, viewer: Viewer, role: &str, expires_at: u64) {
+        let before = subscriber.orgs();
+        let added: Vec<OrgId> = viewer
+            .orgs()
+            .iter()
+            .filter(|org| !before.contains(org))
+            .cloned()
+            .collect();
+        let removed: Vec<OrgId> = before
+            .iter()
+            .filter(|org| !viewer.orgs().contains(org))
+            .cloned()
+            .collect();
+        self.list_under(subscriber, &added);
+        let old_role = {
+            let mut slot = subscriber.slot.lock();
+            if let Some(cursor) = &mut slot.cursor {
+                for org in &added {
+                    cursor.add(
+                        org.clone(),
+                        crate::cursor::Position::From(crate::clock::unix_millis()),
+                    );
+                }
+            }
+            let identity = Identity {
+                viewer,
+                role: role.into(),
+                expires_at,
+            };
+            std::mem::replace(&mut slot.identity, identity).role
+        };
+        self.unlist_from(subscriber, &removed);
+        if *old_role != *role {
+            METRICS.connection_changed_role(&old_role, role);
+        }
     }
 
     /// Queues `event` for every local subscriber of its org that may see it. Returns how many.
@@ -360,8 +412,7 @@ impl Shard {
         };
         let mut recipients = 0;
         for subscriber in subscribers {
-            if subscriber.viewer.may_see(event) {
-                subscriber.push(event, self.queue_capacity, now);
+            if subscriber.offer(event, self.queue_capacity, now) {
                 recipients += 1;
             }
         }
@@ -379,7 +430,10 @@ impl Shard {
 
     fn add_stream_counts(&self, counts: &mut HashMap<StreamGroup, u64>) {
         for subscriber in self.connections.lock().values() {
-            let group = StreamGroup::new(subscriber.role.clone(), subscriber.viewer.orgs().to_vec());
+            let group = {
+                let slot = subscriber.slot.lock();
+                StreamGroup::new(slot.identity.role.clone(), slot.identity.viewer.orgs().to_vec())
+            };
             *counts.entry(group).or_insert(0) += 1;
         }
     }
@@ -390,17 +444,17 @@ impl Shard {
 
     /// Once a second: ends streams whose token expired (with `expired_frame`) and queues
     /// `keepalive_frame` on streams idle for `keepalive_secs`.
-    pub fn tick(&self, now: u64, keepalive_secs: u64, keepalive_frame: &Bytes, expired_frame: &Bytes) {
+    pub fn tick(&self, now: u64, keepalive_secs: u64, keepalive: &PerEncoding, expired: &PerEncoding) {
         for subscriber in self.subscribers() {
             {
                 let mut slot = subscriber.slot.lock();
                 if slot.closing.is_some() {
                     continue;
                 }
-                if subscriber.expires_at <= now {
-                    slot.closing = Some(Closing::After(expired_frame.clone()));
+                if slot.identity.expires_at <= now {
+                    slot.closing = Some(Closing::After(expired.of(subscriber.encoding).clone()));
                 } else if now.saturating_sub(slot.last_activity) >= keepalive_secs {
-                    slot.keepalive = Some(keepalive_frame.clone());
+                    slot.keepalive = Some(keepalive.of(subscriber.encoding).clone());
                     slot.last_activity = now;
                 } else {
                     continue;
@@ -411,17 +465,51 @@ impl Shard {
     }
 
     /// Ends every stream after sending it the frame `final_frame` makes for it (drain).
-    pub fn close_all(&self, mut final_frame: impl FnMut() -> Bytes) {
+    pub fn close_all(&self, mut final_frame: impl FnMut(Encoding) -> Bytes) {
         for subscriber in self.subscribers() {
-            subscriber.close(Closing::After(final_frame()));
+            subscriber.close(Closing::After(final_frame(subscriber.encoding)));
         }
     }
+}
+
+/// How a stream starts, as its shard registers it.
+#[derive(Debug, Clone, Copy)]
+pub struct Opening {
+    pub encoding: Encoding,
+    /// Seconds since the epoch.
+    pub now: u64,
+    /// The stream starts with a replay, during which durable events are not queued (see
+    /// `Subscriber::stop_replaying`).
+    pub replaying: bool,
 }
 
 impl Subscriber {
     /// Whether this connection may see `event` (replayed events pass the same check as live).
     pub fn may_see(&self, event: &Event) -> bool {
-        self.viewer.may_see(event)
+        self.slot.lock().identity.viewer.may_see(event)
+    }
+
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// The orgs the stream's token lists.
+    pub fn orgs(&self) -> Vec<OrgId> {
+        self.slot.lock().identity.viewer.orgs().to_vec()
+    }
+
+    pub fn role(&self) -> Box<str> {
+        self.slot.lock().identity.role.clone()
+    }
+
+    /// The `types=` filter in force.
+    pub fn types(&self) -> Option<TypeFilter> {
+        self.slot.lock().identity.viewer.types().cloned()
+    }
+
+    /// Replaces the stream's `types=` filter: events queued from now on pass the new one.
+    pub fn set_types(&self, types: Option<TypeFilter>) {
+        self.slot.lock().identity.viewer.set_types(types);
     }
 
     /// From now on durable events are queued too. The replay then reads history once more, so
@@ -448,15 +536,14 @@ impl Subscriber {
 
     /// Writes a replayed event: `frame` as is, or, for a stream with a cursor, the event's
     /// shared lines then the cursor after it.
-    pub fn write_replayed(&self, event: &Event, frame: &Bytes, out: &mut BytesMut) {
+    pub fn write_replayed(&self, event: &Event, out: &mut BytesMut) {
         let mut slot = self.slot.lock();
         match (&mut slot.cursor, event.id) {
             (Some(cursor), Some(id)) => {
                 cursor.advance(&event.org, id);
-                out.extend_from_slice(&event.frame_body());
-                out.extend_from_slice(&cursor_line(cursor));
+                out.extend_from_slice(&self.encoding.event_with_cursor(event, &cursor.encode()));
             }
-            _ => out.extend_from_slice(frame),
+            _ => out.extend_from_slice(&self.encoding.event(event)),
         }
     }
 
@@ -471,14 +558,21 @@ impl Subscriber {
         self.slot.lock().closing.is_some()
     }
 
-    /// Queues `event` (at `now`, seconds since the epoch) and wakes the stream.
-    fn push(&self, event: &Arc<Event>, capacity: usize, now: u64) {
+    /// Queues `event` (at `now`, seconds since the epoch) and wakes the stream, if the stream
+    /// may see it; returns whether it may.
+    fn offer(&self, event: &Arc<Event>, capacity: usize, now: u64) -> bool {
         let mut slot = self.slot.lock();
+        if !slot.identity.viewer.may_see(event) {
+            return false;
+        }
         if slot.closing.is_some() || (slot.replaying && event.id.is_some()) {
-            return;
+            return true;
         }
         if slot.normal.len() + slot.high.len() >= capacity {
-            slot.closing = Some(Closing::Slow);
+            slot.closing = Some(match self.encoding.slow_consumer_close() {
+                Some(close) => Closing::After(close),
+                None => Closing::Slow,
+            });
             slot.normal = VecDeque::new();
             slot.high = VecDeque::new();
             METRICS.slow_consumer_disconnected();
@@ -490,6 +584,7 @@ impl Subscriber {
         }
         slot.last_activity = now;
         slot.wake();
+        true
     }
 
     fn close(&self, closing: Closing) {
@@ -525,9 +620,9 @@ impl Subscriber {
             }
             oldest = oldest.or(Some(event.received_at));
             if overtook_durable {
-                frames.push(event.frame_without_id());
+                frames.push(self.encoding.event_without_id(&event));
             } else {
-                push_frame(&mut frames, &mut slot.cursor, &event);
+                push_frame(&mut frames, &mut slot.cursor, self.encoding, &event);
             }
             events += 1;
         }
@@ -539,7 +634,7 @@ impl Subscriber {
                 continue;
             }
             oldest = oldest.or(Some(event.received_at));
-            push_frame(&mut frames, &mut slot.cursor, &event);
+            push_frame(&mut frames, &mut slot.cursor, self.encoding, &event);
             events += 1;
         }
         let drained = slot.high.is_empty() && slot.normal.is_empty();
@@ -580,14 +675,13 @@ impl Subscriber {
 
 /// Adds `event` to a write: its shared frame, or, for a stream with a cursor, its shared lines
 /// and the cursor advanced past it.
-fn push_frame(frames: &mut Chunk, cursor: &mut Option<Box<Cursor>>, event: &Event) {
+fn push_frame(frames: &mut Chunk, cursor: &mut Option<Box<Cursor>>, encoding: Encoding, event: &Event) {
     match (cursor, event.id) {
         (Some(cursor), Some(id)) => {
             cursor.advance(&event.org, id);
-            frames.push(event.frame_body());
-            frames.push(cursor_line(cursor));
+            frames.push(encoding.event_with_cursor(event, &cursor.encode()));
         }
-        _ => frames.push(event.frame().clone()),
+        _ => frames.push(encoding.event(event)),
     }
 }
 
@@ -623,6 +717,9 @@ impl Chunk {
     }
 
     fn push(&mut self, frame: Bytes) {
+        if frame.is_empty() {
+            return;
+        }
         match (&self.first, &mut self.joined) {
             (None, _) => self.first = Some(frame),
             (Some(_), Some(joined)) => joined.extend_from_slice(&frame),
@@ -690,6 +787,18 @@ mod tests {
         }
     }
 
+    fn sse(now: u64, replaying: bool) -> Opening {
+        Opening {
+            encoding: Encoding::Sse,
+            now,
+            replaying,
+        }
+    }
+
+    fn frames(frame: &'static [u8]) -> PerEncoding {
+        PerEncoding::build(|_| Bytes::from_static(frame))
+    }
+
     fn noop_waker() -> (Waker, Arc<CountingWaker>) {
         let counter = Arc::new(CountingWaker(AtomicU64::new(0)));
         (Waker::from(counter.clone()), counter)
@@ -698,7 +807,7 @@ mod tests {
     #[test]
     fn queued_events_leave_as_one_chunk_in_order() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, sse(0, false));
         shard.publish(&event("o1", None, "normal", 1));
         shard.publish(&event("o1", None, "normal", 2));
         let (waker, _) = noop_waker();
@@ -722,7 +831,7 @@ mod tests {
     /// A subscriber with three 40 kB events queued: more than one chunk holds.
     fn three_big_events_queued() -> (Shard, Arc<Subscriber>) {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, sse(0, false));
         for n in 1..=3 {
             shard.publish(&big_event(n));
         }
@@ -768,7 +877,7 @@ mod tests {
     #[test]
     fn the_final_frame_waits_for_what_is_still_queued() {
         let (shard, subscriber) = three_big_events_queued();
-        shard.close_all(|| Bytes::from_static(b"bye\n\n"));
+        shard.close_all(|_| Bytes::from_static(b"bye\n\n"));
         let (waker, _) = noop_waker();
         let _ = subscriber.take(&waker, &ReplayMarks::default());
         let last = text(subscriber.take(&waker, &ReplayMarks::default()));
@@ -780,7 +889,7 @@ mod tests {
     #[test]
     fn events_of_other_orgs_never_reach_a_subscriber() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, sse(0, false));
         assert_eq!(shard.publish(&event("o2", None, "normal", 1)), 0);
         let (waker, _) = noop_waker();
         assert_eq!(
@@ -792,7 +901,7 @@ mod tests {
     #[test]
     fn a_full_queue_ends_the_stream_without_sending_more() {
         let shard = Shard::detached(2);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, sse(0, false));
         for n in 0..3 {
             shard.publish(&event("o1", None, "normal", n));
         }
@@ -803,7 +912,7 @@ mod tests {
     #[test]
     fn a_publish_wakes_a_waiting_stream() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, sse(0, false));
         let (waker, counter) = noop_waker();
         assert_eq!(
             text(subscriber.take(&waker, &ReplayMarks::default())),
@@ -816,7 +925,7 @@ mod tests {
     #[test]
     fn a_woken_stream_is_woken_again_only_after_it_found_nothing_left() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, sse(0, false));
         let (waker, counter) = noop_waker();
         let _ = subscriber.take(&waker, &ReplayMarks::default());
         shard.publish(&event("o1", None, "normal", 1));
@@ -848,7 +957,7 @@ mod tests {
     #[test]
     fn high_priority_overtakes_queued_durable_events_without_its_id() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, sse(0, false));
         shard.publish(&event("o1", Some(1), "normal", 1));
         shard.publish(&event("o1", Some(2), "high", 2));
         let (waker, _) = noop_waker();
@@ -861,7 +970,7 @@ mod tests {
     #[test]
     fn high_priority_with_nothing_to_overtake_keeps_its_id() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, sse(0, false));
         shard.publish(&event("o1", Some(2), "high", 2));
         let (waker, _) = noop_waker();
         assert_eq!(
@@ -873,7 +982,7 @@ mod tests {
     #[test]
     fn events_already_replayed_are_skipped() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, sse(0, false));
         shard.publish(&event("o1", Some(1), "normal", 1));
         shard.publish(&event("o1", Some(2), "normal", 2));
         let (waker, _) = noop_waker();
@@ -888,14 +997,9 @@ mod tests {
     #[test]
     fn a_queued_keepalive_can_be_taken_alone() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, true);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, sse(0, true));
         assert_eq!(subscriber.take_keepalive(1), None);
-        shard.tick(
-            20,
-            15,
-            &Bytes::from_static(b"ka\n\n"),
-            &Bytes::from_static(b"expired\n\n"),
-        );
+        shard.tick(20, 15, &frames(b"ka\n\n"), &frames(b"expired\n\n"));
         assert_eq!(subscriber.take_keepalive(20).as_deref(), Some(&b"ka\n\n"[..]));
         assert_eq!(subscriber.take_keepalive(21), None);
     }
@@ -915,7 +1019,7 @@ mod tests {
     #[test]
     fn a_replaying_stream_queues_live_events_but_not_durable_ones() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, true);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, sse(0, true));
         shard.publish(&event("o1", Some(1), "normal", 1));
         shard.publish(&event("o1", None, "normal", 2));
         subscriber.stop_replaying();
@@ -932,9 +1036,9 @@ mod tests {
     #[test]
     fn expiry_sends_the_final_frame_then_ends() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", 100, 0, false);
-        let keepalive = Bytes::from_static(b"ka\n\n");
-        let expired = Bytes::from_static(b"expired\n\n");
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", 100, sse(0, false));
+        let keepalive = frames(b"ka\n\n");
+        let expired = frames(b"expired\n\n");
         shard.tick(99, 1000, &keepalive, &expired);
         let (waker, _) = noop_waker();
         assert_eq!(
@@ -952,9 +1056,9 @@ mod tests {
     #[test]
     fn keepalive_goes_only_to_idle_streams() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
-        let keepalive = Bytes::from_static(b"ka\n\n");
-        let expired = Bytes::from_static(b"expired\n\n");
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, sse(0, false));
+        let keepalive = frames(b"ka\n\n");
+        let expired = frames(b"expired\n\n");
         let (waker, _) = noop_waker();
         shard.publish_at(&event("o1", None, "normal", 1), 10);
         let _ = subscriber.take(&waker, &ReplayMarks::default());
@@ -970,7 +1074,7 @@ mod tests {
     #[test]
     fn unregistered_subscribers_get_nothing() {
         let shard = Shard::detached(8);
-        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, 0, false);
+        let subscriber = shard.register(viewer("ops", &["o1"]), "ops", u64::MAX, sse(0, false));
         shard.unregister(&subscriber);
         assert!(!shard.has_subscribers(&OrgId::parse("o1").expect("valid")));
         assert_eq!(shard.publish(&event("o1", None, "normal", 1)), 0);

@@ -25,3 +25,5 @@ pub mod shutdown;
 pub mod sse;
 pub mod startup;
 pub mod telemetry;
+pub mod websocket;
+pub mod wire;

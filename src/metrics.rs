@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use crate::event::EnvelopeError;
 
 pub const CONNECTIONS: &str = "gateway_connections";
 pub const CONNECTIONS_OPENED: &str = "gateway_connections_opened_total";
+pub const TRANSPORT_CONNECTIONS: &str = "gateway_transport_connections";
 pub const EVENTS_RECEIVED: &str = "gateway_events_received_total";
 pub const EVENTS_DELIVERED: &str = "gateway_events_delivered_total";
 pub const EVENTS_DROPPED: &str = "gateway_events_dropped_total";
@@ -40,6 +41,9 @@ const FANOUT_BUCKETS: [f64; 14] = [
 pub struct Metrics {
     connections: Mutex<BTreeMap<Box<str>, i64>>,
     connections_opened: AtomicU64,
+    /// Open streams by transport: SSE, WebSocket.
+    sse_connections: AtomicI64,
+    ws_connections: AtomicI64,
     received_live: AtomicU64,
     received_durable: AtomicU64,
     /// Every worker's delivery counters, in creation order; never removed, so sums only grow.
@@ -54,6 +58,8 @@ pub struct Metrics {
 pub static METRICS: Metrics = Metrics {
     connections: Mutex::new(BTreeMap::new()),
     connections_opened: AtomicU64::new(0),
+    sse_connections: AtomicI64::new(0),
+    ws_connections: AtomicI64::new(0),
     received_live: AtomicU64::new(0),
     received_durable: AtomicU64::new(0),
     deliveries: Mutex::new(Vec::new()),
@@ -113,9 +119,25 @@ impl Metrics {
         }
     }
 
-    pub fn connection_opened(&self, role: &str) {
+    /// A stream of `role` opened over `transport` (`sse` or `ws`).
+    pub fn connection_opened(&self, role: &str, transport: &str) {
         self.connections_opened.fetch_add(1, Ordering::Relaxed);
         self.add_connection(role, 1);
+        self.transport(transport).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A stream's refreshed token changed its role.
+    pub fn connection_changed_role(&self, from: &str, to: &str) {
+        self.add_connection(from, -1);
+        self.add_connection(to, 1);
+    }
+
+    fn transport(&self, transport: &str) -> &AtomicI64 {
+        if transport == "ws" {
+            &self.ws_connections
+        } else {
+            &self.sse_connections
+        }
     }
 
     fn add_connection(&self, role: &str, delta: i64) {
@@ -128,8 +150,9 @@ impl Metrics {
         }
     }
 
-    pub fn connection_closed(&self, role: &str) {
+    pub fn connection_closed(&self, role: &str, transport: &str) {
         self.add_connection(role, -1);
+        self.transport(transport).fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn event_received(&self, source: Source) {
@@ -196,6 +219,19 @@ impl Metrics {
             "Event streams opened.",
             load(&self.connections_opened),
         );
+        header(
+            &mut out,
+            TRANSPORT_CONNECTIONS,
+            "gauge",
+            "Open event streams on this replica, by transport (Server-Sent Events or WebSocket).",
+        );
+        for (transport, count) in [("sse", &self.sse_connections), ("ws", &self.ws_connections)] {
+            let _ = writeln!(
+                out,
+                "{TRANSPORT_CONNECTIONS}{{transport=\"{transport}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
 
         header(
             &mut out,
@@ -331,6 +367,7 @@ mod tests {
         for name in [
             "gateway_connections{role=\"ops\"}",
             "gateway_connections_opened_total ",
+            "gateway_transport_connections{transport=\"ws\"}",
             "gateway_events_received_total{source=\"live\"}",
             "gateway_events_delivered_total ",
             "gateway_events_dropped_total{reason=\"invalid_json\"}",

@@ -170,6 +170,15 @@ impl Viewer {
         &self.orgs
     }
 
+    pub fn types(&self) -> Option<&TypeFilter> {
+        self.types.as_ref()
+    }
+
+    /// Replaces the `types=` filter.
+    pub fn set_types(&mut self, types: Option<TypeFilter>) {
+        self.types = types;
+    }
+
     /// Whether this viewer receives `event`. Isolation first: an event of an org the token does
     /// not list is never visible, whatever the rules say.
     pub fn may_see(&self, event: &Event) -> bool {

@@ -31,6 +31,7 @@ pub struct Settings {
     pub policy: PolicySettings,
     pub log: LogSettings,
     pub console: ConsoleSettings,
+    pub compression: CompressionSettings,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -52,6 +53,15 @@ pub use crate::broker::{HistorySettings, RedisSettings};
 #[serde(deny_unknown_fields)]
 pub struct CorsSettings {
     pub allowed_origins: Vec<String>,
+}
+
+/// `[compression]`: events compressed once per replica for the connections that ask.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionSettings {
+    pub enabled: bool,
+    /// Events smaller than this are sent as is.
+    pub min_bytes: u32,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -11,9 +11,9 @@ use futures_core::Stream;
 use serde_json::json;
 
 use crate::broker::Truncation;
-use crate::event::Event;
 use crate::hub::Shard;
 use crate::session::{Chunk, Connected, Framing, Session};
+use crate::wire::Encoding;
 
 /// `retry: <ms>` — how long the client waits before reconnecting.
 pub fn retry_frame(millis: u64) -> Bytes {
@@ -45,6 +45,10 @@ pub struct SseFraming {
 }
 
 impl Framing for SseFraming {
+    fn encoding(&self) -> Encoding {
+        Encoding::Sse
+    }
+
     fn opening(&self, connected: &Connected) -> Bytes {
         let connected_data = json!({
             "connectionId": connected.connection_id,
@@ -64,10 +68,6 @@ impl Framing for SseFraming {
         let oldest_id = truncation.oldest_id.map(|id| id.to_string()).unwrap_or_default();
         let data = json!({ "oldestId": oldest_id, "reason": truncation.reason.as_str() });
         Bytes::from(format!("event: history.truncated\ndata: {data}\n\n"))
-    }
-
-    fn replayed<'a>(&self, event: &'a Event) -> &'a Bytes {
-        event.frame()
     }
 }
 

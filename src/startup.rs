@@ -9,6 +9,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
+use bytes::Bytes;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -24,6 +25,8 @@ use crate::session::{SessionSettings, Sessions};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::sse;
+use crate::websocket;
+use crate::wire::{Encoding, PerEncoding};
 
 /// HTTP workers when `server.workers` is 0: one per core but one, and at least one. The core
 /// left over runs the accept thread, the housekeeping and the kernel's share of every write;
@@ -274,7 +277,7 @@ impl Application {
                 let mut rng = rand::rng();
                 state
                     .hub
-                    .close_all(|| sse::retry_frame(rng.random_range(min..=max)));
+                    .close_all(|encoding| drain_frame(encoding, rng.random_range(min..=max)));
             }
             handle.stop(true).await;
             state.shutdown.stop();
@@ -283,6 +286,15 @@ impl Application {
         self.server.await.context("running the HTTP server")?;
         tracing::info!("Stopped.");
         Ok(())
+    }
+}
+
+/// What a stream is sent at drain before it ends: SSE a `retry:` of `retry_ms`, WebSocket a
+/// `reconnect` message and a `1001` close.
+fn drain_frame(encoding: Encoding, retry_ms: u64) -> Bytes {
+    match encoding {
+        Encoding::Sse => sse::retry_frame(retry_ms),
+        Encoding::Ws | Encoding::WsDeflate { .. } => websocket::drain_frames(retry_ms),
     }
 }
 
@@ -311,7 +323,10 @@ async fn wait_for_signal() {
 /// Once a second: keepalives for idle streams and `auth.expired` for expired tokens. One timer
 /// for all streams instead of two per stream.
 async fn housekeeping(hub: Arc<Hub>, keepalive_secs: u64, shutdown: Shutdown) {
-    let expired = sse::expired_frame();
+    let expired = PerEncoding::build(|encoding| match encoding {
+        Encoding::Sse => sse::expired_frame(),
+        Encoding::Ws | Encoding::WsDeflate { .. } => websocket::expired_frames(),
+    });
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -319,7 +334,11 @@ async fn housekeeping(hub: Arc<Hub>, keepalive_secs: u64, shutdown: Shutdown) {
             _ = interval.tick() => {}
             () = shutdown.stopped() => return,
         }
-        let keepalive = sse::keepalive_frame(time::OffsetDateTime::now_utc());
+        let now = time::OffsetDateTime::now_utc();
+        let keepalive = PerEncoding::build(|encoding| match encoding {
+            Encoding::Sse => sse::keepalive_frame(now),
+            Encoding::Ws | Encoding::WsDeflate { .. } => websocket::keepalive_message(now),
+        });
         hub.tick(unix_secs(), keepalive_secs, &keepalive, &expired);
     }
 }

@@ -6,9 +6,9 @@ use serde::Deserialize;
 
 use super::{read_body, AppState};
 use crate::clock::unix_secs;
-use crate::cursor::{DecodedCursor, Position};
+use crate::cursor::DecodedCursor;
 use crate::error::ApiError;
-use crate::event::{EventId, OrgId};
+use crate::event::EventId;
 use crate::hub::Shard;
 use crate::policy::TypeFilter;
 use crate::session::{OpenRequest, Start};
@@ -60,7 +60,7 @@ fn parse_event_id(raw: &str) -> Result<EventId, ApiError> {
 
 /// A resume position: an event id, or the cursor of a stream whose orgs' ids are ordered per
 /// org (cluster mode).
-fn parse_position(raw: &str) -> Result<Start, ApiError> {
+pub fn parse_position(raw: &str) -> Result<Start, ApiError> {
     if DecodedCursor::looks_like(raw.trim()) {
         return DecodedCursor::parse(raw).map(Start::Cursor).map_err(|_| {
             ApiError::bad_request(
@@ -96,7 +96,7 @@ impl EventsQuery {
 }
 
 /// Where the stream starts: `Last-Event-ID` header, then `lastEventId`, then `since`.
-fn start_of(request: &HttpRequest, query: &EventsQuery) -> Result<Option<Start>, ApiError> {
+pub fn start_of(request: &HttpRequest, query: &EventsQuery) -> Result<Option<Start>, ApiError> {
     let header = match request.headers().get("last-event-id") {
         Some(value) => {
             let raw = value.to_str().map_err(|_| {
@@ -116,7 +116,7 @@ fn start_of(request: &HttpRequest, query: &EventsQuery) -> Result<Option<Start>,
 }
 
 /// The client's IP for rate limiting: the peer, or the forwarded client when configured.
-fn client_ip(request: &HttpRequest, trust_forwarded_for: bool) -> String {
+pub fn client_ip(request: &HttpRequest, trust_forwarded_for: bool) -> String {
     let info = request.connection_info();
     let address = if trust_forwarded_for {
         info.realip_remote_addr()
@@ -185,30 +185,11 @@ pub async fn acknowledge(
             format!("expected {{\"lastEventId\":\"<id>\"}}: {e}"),
         )
     })?;
-    // A plain id is the position in every org of the token; a cursor names each org's own.
-    let positions: Vec<(OrgId, EventId)> = match parse_position(&ack.last_event_id)? {
-        Start::Cursor(cursor) => claims
-            .orgs
-            .iter()
-            .filter_map(|org| match cursor.position_of(org)? {
-                Position::After(id) => Some((org.clone(), id)),
-                Position::From(_) => None,
-            })
-            .collect(),
-        _ => {
-            let id = parse_event_id(&ack.last_event_id)?;
-            claims.orgs.iter().map(|org| (org.clone(), id)).collect()
-        }
-    };
-    if let Some(newest) = positions.iter().map(|(_, id)| *id).max() {
-        if !state.broker.was_issued(&claims.orgs, newest).await? {
-            return Err(ApiError::bad_request(
-                "invalid_last_event_id",
-                format!("{newest} is not an id this gateway's history has issued"),
-            ));
-        }
-    }
-    state.broker.save_acks(&claims.sub, &positions).await?;
+    let position = parse_position(&ack.last_event_id)?;
+    state
+        .sessions
+        .acknowledge(&claims.sub, &claims.orgs, &position)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

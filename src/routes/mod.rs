@@ -6,9 +6,10 @@ mod console;
 mod events;
 mod health;
 mod publish;
+mod ws;
 
 pub use console::ConsoleSettings;
-pub use events::EventsQuery;
+pub use events::{parse_position, EventsQuery};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use actix_web::http::{header, Method};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::auth::{extract_token, redact_query, Claims, JwtVerifier};
+use crate::auth::{extract_token, redact_query, AuthError, Claims, JwtVerifier};
 use crate::broker::{Broker, Registry};
 use crate::error::ApiError;
 use crate::hub::Hub;
@@ -49,11 +50,18 @@ impl AppState {
     pub fn authenticate(&self, request: &HttpRequest) -> Result<Claims, ApiError> {
         extract_token(request, &self.settings.auth.cookie_name)
             .and_then(|token| self.verifier.verify(&token))
-            .map_err(|error| {
-                METRICS.auth_failed(error.code());
-                tracing::debug!(reason = error.code(), "Rejected a token.");
-                ApiError::Auth(error)
-            })
+            .map_err(|error| self.refused(error))
+    }
+
+    /// Verifies a token a stream's client sent (a refresh), counting failures by reason.
+    pub fn authenticate_token(&self, token: &str) -> Result<Claims, ApiError> {
+        self.verifier.verify(token).map_err(|error| self.refused(error))
+    }
+
+    fn refused(&self, error: AuthError) -> ApiError {
+        METRICS.auth_failed(error.code());
+        tracing::debug!(reason = error.code(), "Rejected a token.");
+        ApiError::Auth(error)
     }
 }
 
@@ -64,6 +72,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             Answers::Get,
             web::get().to(events::stream),
         ))
+        .service(endpoint("/api/ws", Answers::Get, web::get().to(ws::upgrade)))
         .service(endpoint(
             "/api/events/ack",
             Answers::Post,

@@ -18,10 +18,11 @@ use crate::auth::Claims;
 use crate::broker::{Broker, BrokerError, Lease, OrgCursor, Page, Permit, Registry, ReplayFrom, Truncation};
 use crate::clock::{unix_millis, unix_secs};
 use crate::cursor::{Cursor, DecodedCursor, Position};
-use crate::event::{Event, EventId};
-use crate::hub::{Output, ReplayMarks, Shard, Subscriber};
+use crate::event::{EventId, OrgId};
+use crate::hub::{Opening, Output, ReplayMarks, Shard, Subscriber};
 use crate::limits::{RateLimiter, StreamSlot, StreamSlots};
-use crate::policy::{Policy, PolicyError, TypeFilter};
+use crate::policy::{Policy, PolicyError, TypeFilter, Viewer};
+use crate::wire::Encoding;
 
 /// Most bytes of replayed events handed to the transport at once.
 const MAX_REPLAY_CHUNK_BYTES: usize = 64 * 1024;
@@ -62,6 +63,12 @@ pub enum SessionError {
     TooManyConnections(usize),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// A refreshed token names another user than the stream's.
+    #[error("the new token is for another user than this stream's")]
+    OtherUser,
+    /// An acknowledged id this gateway's history never issued.
+    #[error("{0} is not an id this gateway's history has issued")]
+    NeverIssued(EventId),
 }
 
 /// What the `connected` event tells the client.
@@ -75,15 +82,14 @@ pub struct Connected {
     pub keepalive_secs: u64,
 }
 
-/// How a transport writes what a session says. Live events come from the hub already
-/// encoded once per replica (the SSE frame shared by every recipient).
+/// How a transport writes what a session says. Events, live and replayed, are written in the
+/// transport's `Encoding`, built once per replica and shared by every recipient.
 pub trait Framing: Unpin + 'static {
+    fn encoding(&self) -> Encoding;
     /// The first bytes of a stream, once it is subscribed to every org of its token.
     fn opening(&self, connected: &Connected) -> Bytes;
     /// Told before a replay that cannot give everything after the start.
     fn truncated(&self, truncation: &Truncation) -> Bytes;
-    /// A replayed event.
-    fn replayed<'a>(&self, event: &'a Event) -> &'a Bytes;
 }
 
 /// The limits and settings sessions are opened with.
@@ -213,7 +219,12 @@ impl Sessions {
         // Registered before subscribing: whatever reaches this replica from the moment Redis
         // confirms the subscription is queued for this stream (or, while it replays, read from
         // history).
-        let subscriber = shard.register(viewer, &claims.role, claims.exp, now, cursors.is_some());
+        let opening = Opening {
+            encoding: framing.encoding(),
+            now,
+            replaying: cursors.is_some(),
+        };
+        let subscriber = shard.register(viewer, &claims.role, claims.exp, opening);
         // Ids ordered per org: a stream of several orgs says where it is with a cursor of
         // per-org positions, starting where each org starts.
         let tracks_cursor = self.broker.ids_per_org() && claims.orgs.len() > 1;
@@ -273,14 +284,72 @@ impl Sessions {
             subscriber,
             replay,
             marks: ReplayMarks::default(),
-            _held: Held {
-                _registration: registration,
-                _lease: lease,
+            held: Held {
+                registration,
+                lease,
                 _permit: permit,
                 _slot: slot,
             },
         })
     }
+
+    /// Saves `position` as `user`'s acknowledged position in each of `orgs` (for `since=ack`):
+    /// an event id is the position in every org, a cursor names each org's own.
+    pub async fn acknowledge(
+        &self,
+        user: &str,
+        orgs: &[OrgId],
+        position: &Start,
+    ) -> Result<(), SessionError> {
+        let positions: Vec<(OrgId, EventId)> = match position {
+            Start::Cursor(cursor) => orgs
+                .iter()
+                .filter_map(|org| match cursor.position_of(org)? {
+                    Position::After(id) => Some((org.clone(), id)),
+                    Position::From(_) => None,
+                })
+                .collect(),
+            Start::After(id) => orgs.iter().map(|org| (org.clone(), *id)).collect(),
+            Start::Since(_) | Start::Ack => Vec::new(),
+        };
+        if let Some(newest) = positions.iter().map(|(_, id)| *id).max() {
+            if !self.broker.was_issued(orgs, newest).await? {
+                return Err(SessionError::NeverIssued(newest));
+            }
+        }
+        self.broker.save_acks(user, &positions).await?;
+        Ok(())
+    }
+
+    /// Checks a refreshed token for an open stream of `user` whose filter is `types`, and
+    /// subscribes its orgs: what `Session::reidentify` then applies. The stream is untouched
+    /// until then, and keeps its old token's rights if this fails.
+    pub async fn reauthorize(
+        &self,
+        user: &str,
+        claims: &Claims,
+        types: Option<TypeFilter>,
+    ) -> Result<Reauthorized, SessionError> {
+        if claims.sub != user {
+            return Err(SessionError::OtherUser);
+        }
+        let viewer = self.policy.viewer(claims, types)?;
+        let lease = self.broker.subscribe(&claims.orgs).await?;
+        Ok(Reauthorized {
+            viewer,
+            role: claims.role.clone(),
+            expires_at: claims.exp,
+            lease,
+        })
+    }
+}
+
+/// A refreshed token, checked and subscribed (`Sessions::reauthorize`).
+pub struct Reauthorized {
+    viewer: Viewer,
+    role: String,
+    expires_at: u64,
+    lease: Lease,
 }
 
 /// A stream's place in its worker's shard; dropping it unregisters the stream.
@@ -298,9 +367,9 @@ impl Drop for Registration {
 
 /// Everything a stream holds while it lives.
 struct Held {
-    _registration: Registration,
+    registration: Registration,
     /// This replica stays subscribed to the stream's orgs.
-    _lease: Lease,
+    lease: Lease,
     /// The stream counts against its user's limit across replicas.
     _permit: Permit,
     /// The stream counts against the replica's limit.
@@ -317,7 +386,7 @@ pub struct Session<F: Framing> {
     replay: Option<Box<ReplayDriver>>,
     /// Per org, what the replay covered: queued live copies up to it are skipped.
     marks: ReplayMarks,
-    _held: Held,
+    held: Held,
 }
 
 /// What the session has for its transport now.
@@ -334,6 +403,38 @@ pub enum Chunk {
 }
 
 impl<F: Framing> Session<F> {
+    /// The orgs the stream's token lists now.
+    pub fn orgs(&self) -> Vec<OrgId> {
+        self.subscriber.orgs()
+    }
+
+    /// The `types=` filter in force.
+    pub fn types(&self) -> Option<TypeFilter> {
+        self.subscriber.types()
+    }
+
+    /// Replaces the `types=` filter of the open stream.
+    pub fn set_types(&self, types: Option<TypeFilter>) {
+        self.subscriber.set_types(types);
+    }
+
+    /// Applies a refreshed token: its orgs, role and expiry hold from now on.
+    pub fn reidentify(&mut self, refreshed: Reauthorized) {
+        let registration = &self.held.registration;
+        registration.shard.reidentify(
+            &registration.subscriber,
+            refreshed.viewer,
+            &refreshed.role,
+            refreshed.expires_at,
+        );
+        // The new lease is taken before the old one goes: orgs in both stay subscribed.
+        self.held.lease = refreshed.lease;
+    }
+
+    pub fn framing(&self) -> &F {
+        &self.framing
+    }
+
     /// The next chunk to write, `Pending` (the waker is called when there is one), or `None`
     /// when the stream is over.
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
@@ -458,9 +559,9 @@ impl ReplayDriver {
                 };
                 if subscriber.may_see(&event) {
                     if self.tracks_cursor {
-                        subscriber.write_replayed(&event, framing.replayed(&event), &mut out);
+                        subscriber.write_replayed(&event, &mut out);
                     } else {
-                        out.extend_from_slice(framing.replayed(&event));
+                        out.extend_from_slice(&subscriber.encoding().event(&event));
                     }
                 }
             }
