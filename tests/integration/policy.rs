@@ -1,5 +1,6 @@
 //! protocol §5: who receives what. Each test publishes events a client may and may not see,
 //! then a control event it must see, and asserts exactly which labels arrived before the control.
+//! Every rule is checked over both transports, SSE and WebSocket.
 
 use std::time::Duration;
 
@@ -8,6 +9,8 @@ use serde_json::{json, Value};
 use crate::common::envelope::envelope;
 use crate::common::spawn_app;
 use crate::common::token::TokenBuilder;
+use crate::common::ws::Transport;
+use crate::over_both_transports;
 
 const ORG: &str = "org-1";
 const TICKET: &str = "ticket.created";
@@ -16,11 +19,10 @@ fn ticket(label: &str) -> crate::common::envelope::Envelope {
     envelope(ORG, TICKET, label)
 }
 
-#[tokio::test]
-async fn ops_receives_every_event_of_its_org() {
+async fn ops_receives_every_event_of_its_org(via: Transport) {
     let app = spawn_app().await;
     let token = TokenBuilder::new("olivia", "ops").org(ORG).sign();
-    let mut olivia = app.connect_ready(&token, "").await;
+    let mut olivia = app.subscribe_ready(via, &token, "").await;
     for event in [
         ticket("no routing fields"),
         ticket("another landlord").landlord_id("other-landlord"),
@@ -43,11 +45,10 @@ async fn ops_receives_every_event_of_its_org() {
     );
 }
 
-#[tokio::test]
-async fn landlord_receives_events_whose_landlord_id_is_one_of_its_orgs() {
+async fn landlord_receives_events_whose_landlord_id_is_one_of_its_orgs(via: Transport) {
     let app = spawn_app().await;
     let token = TokenBuilder::new("lena", "landlord").org(ORG).org("org-2").sign();
-    let mut lena = app.connect_ready(&token, "").await;
+    let mut lena = app.subscribe_ready(via, &token, "").await;
     for event in [
         ticket("own org").landlord_id(ORG),
         ticket("other own org").landlord_id("org-2"),
@@ -62,11 +63,10 @@ async fn landlord_receives_events_whose_landlord_id_is_one_of_its_orgs() {
     assert_eq!(lena.labels_until("control").await, ["own org", "other own org"]);
 }
 
-#[tokio::test]
-async fn landlord_id_is_read_from_data_when_absent_at_top_level() {
+async fn landlord_id_is_read_from_data_when_absent_at_top_level(via: Transport) {
     let app = spawn_app().await;
     let token = TokenBuilder::new("lena", "landlord").org(ORG).sign();
-    let mut lena = app.connect_ready(&token, "").await;
+    let mut lena = app.subscribe_ready(via, &token, "").await;
     for event in [
         ticket("in data").data_field("landlordId", json!(ORG)),
         ticket("top level wins")
@@ -80,24 +80,22 @@ async fn landlord_id_is_read_from_data_when_absent_at_top_level() {
     assert_eq!(lena.labels_until("control").await, ["in data"]);
 }
 
-#[tokio::test]
-async fn tenant_never_receives_another_tenants_ticket() {
+async fn tenant_never_receives_another_tenants_ticket(via: Transport) {
     let app = spawn_app().await;
     let token = TokenBuilder::new("alice", "tenant").org(ORG).sign();
-    let mut alice = app.connect_ready(&token, "").await;
+    let mut alice = app.subscribe_ready(via, &token, "").await;
     app.publish_live(ORG, ticket("bob's").tenant_id("bob")).await;
     app.publish_live(ORG, ticket("alice's").tenant_id("alice")).await;
     assert_eq!(alice.next_data_event().await.label(), "alice's");
 }
 
-#[tokio::test]
-async fn tenant_receives_events_whose_tenant_id_is_its_tenant_id_claim() {
+async fn tenant_receives_events_whose_tenant_id_is_its_tenant_id_claim(via: Transport) {
     let app = spawn_app().await;
     let token = TokenBuilder::new("alice-user", "tenant")
         .org(ORG)
         .tenant_id("t-alice")
         .sign();
-    let mut alice = app.connect_ready(&token, "").await;
+    let mut alice = app.subscribe_ready(via, &token, "").await;
     for event in [
         ticket("own tenancy").tenant_id("t-alice"),
         ticket("other tenancy").tenant_id("t-bob"),
@@ -112,11 +110,10 @@ async fn tenant_receives_events_whose_tenant_id_is_its_tenant_id_claim() {
     assert_eq!(alice.labels_until("control").await, ["own tenancy"]);
 }
 
-#[tokio::test]
-async fn tenant_without_tenant_id_claim_is_matched_by_sub() {
+async fn tenant_without_tenant_id_claim_is_matched_by_sub(via: Transport) {
     let app = spawn_app().await;
     let token = TokenBuilder::new("alice", "tenant").org(ORG).sign();
-    let mut alice = app.connect_ready(&token, "").await;
+    let mut alice = app.subscribe_ready(via, &token, "").await;
     for event in [
         ticket("for alice").tenant_id("alice"),
         ticket("for bob").tenant_id("bob"),
@@ -127,11 +124,10 @@ async fn tenant_without_tenant_id_claim_is_matched_by_sub() {
     assert_eq!(alice.labels_until("control").await, ["for alice"]);
 }
 
-#[tokio::test]
-async fn tenant_id_is_read_from_data_when_absent_at_top_level() {
+async fn tenant_id_is_read_from_data_when_absent_at_top_level(via: Transport) {
     let app = spawn_app().await;
     let token = TokenBuilder::new("alice", "tenant").org(ORG).sign();
-    let mut alice = app.connect_ready(&token, "").await;
+    let mut alice = app.subscribe_ready(via, &token, "").await;
     for event in [
         ticket("in data").data_field("tenantId", json!("alice")),
         ticket("top level wins")
@@ -144,14 +140,13 @@ async fn tenant_id_is_read_from_data_when_absent_at_top_level() {
     assert_eq!(alice.labels_until("control").await, ["in data"]);
 }
 
-#[tokio::test]
-async fn contractor_receives_events_whose_contractor_id_is_its_contractor_id_claim() {
+async fn contractor_receives_events_whose_contractor_id_is_its_contractor_id_claim(via: Transport) {
     let app = spawn_app().await;
     let token = TokenBuilder::new("carl-user", "contractor")
         .org(ORG)
         .contractor_id("c-carl")
         .sign();
-    let mut carl = app.connect_ready(&token, "").await;
+    let mut carl = app.subscribe_ready(via, &token, "").await;
     for event in [
         ticket("own job").contractor_id("c-carl"),
         ticket("other contractor").contractor_id("c-dave"),
@@ -166,11 +161,10 @@ async fn contractor_receives_events_whose_contractor_id_is_its_contractor_id_cla
     assert_eq!(carl.labels_until("control").await, ["own job"]);
 }
 
-#[tokio::test]
-async fn contractor_without_contractor_id_claim_is_matched_by_sub() {
+async fn contractor_without_contractor_id_claim_is_matched_by_sub(via: Transport) {
     let app = spawn_app().await;
     let token = TokenBuilder::new("carl", "contractor").org(ORG).sign();
-    let mut carl = app.connect_ready(&token, "").await;
+    let mut carl = app.subscribe_ready(via, &token, "").await;
     for event in [
         ticket("for carl").contractor_id("carl"),
         ticket("for dave").contractor_id("dave"),
@@ -181,11 +175,10 @@ async fn contractor_without_contractor_id_claim_is_matched_by_sub() {
     assert_eq!(carl.labels_until("control").await, ["for carl"]);
 }
 
-#[tokio::test]
-async fn contractor_id_is_read_from_data_when_absent_at_top_level() {
+async fn contractor_id_is_read_from_data_when_absent_at_top_level(via: Transport) {
     let app = spawn_app().await;
     let token = TokenBuilder::new("carl", "contractor").org(ORG).sign();
-    let mut carl = app.connect_ready(&token, "").await;
+    let mut carl = app.subscribe_ready(via, &token, "").await;
     for event in [
         ticket("in data").data_field("contractorId", json!("carl")),
         ticket("top level wins")
@@ -198,17 +191,16 @@ async fn contractor_id_is_read_from_data_when_absent_at_top_level() {
     assert_eq!(carl.labels_until("control").await, ["in data"]);
 }
 
-#[tokio::test]
-async fn user_ids_reach_their_users_whatever_the_role() {
+async fn user_ids_reach_their_users_whatever_the_role(via: Transport) {
     let app = spawn_app().await;
     let mut lena = app
-        .connect_ready(&TokenBuilder::new("lena", "landlord").org(ORG).sign(), "")
+        .subscribe_ready(via, &TokenBuilder::new("lena", "landlord").org(ORG).sign(), "")
         .await;
     let mut tom = app
-        .connect_ready(&TokenBuilder::new("tom", "tenant").org(ORG).sign(), "")
+        .subscribe_ready(via, &TokenBuilder::new("tom", "tenant").org(ORG).sign(), "")
         .await;
     let mut carl = app
-        .connect_ready(&TokenBuilder::new("carl", "contractor").org(ORG).sign(), "")
+        .subscribe_ready(via, &TokenBuilder::new("carl", "contractor").org(ORG).sign(), "")
         .await;
     let addressed_elsewhere = |label: &str| {
         ticket(label)
@@ -229,14 +221,13 @@ async fn user_ids_reach_their_users_whatever_the_role() {
     }
 }
 
-#[tokio::test]
-async fn member_of_two_orgs_receives_events_of_both() {
+async fn member_of_two_orgs_receives_events_of_both(via: Transport) {
     let app = spawn_app().await;
     let token = TokenBuilder::new("olivia", "ops")
         .org("org-a")
         .org("org-b")
         .sign();
-    let mut olivia = app.connect_ready(&token, "").await;
+    let mut olivia = app.subscribe_ready(via, &token, "").await;
     app.publish_live("org-a", envelope("org-a", TICKET, "from a"))
         .await;
     app.publish_live("org-b", envelope("org-b", TICKET, "from b"))
@@ -248,17 +239,20 @@ async fn member_of_two_orgs_receives_events_of_both() {
     assert_eq!(labels, ["from a", "from b"]);
 }
 
-#[tokio::test]
-async fn no_event_of_other_orgs_reaches_a_client_even_when_addressed_to_it() {
+async fn no_event_of_other_orgs_reaches_a_client_even_when_addressed_to_it(via: Transport) {
     let app = spawn_app().await;
     let mut olivia = app
-        .connect_ready(&TokenBuilder::new("olivia", "ops").org("org-a").sign(), "")
+        .subscribe_ready(via, &TokenBuilder::new("olivia", "ops").org("org-a").sign(), "")
         .await;
     let mut lena = app
-        .connect_ready(&TokenBuilder::new("lena", "landlord").org("org-a").sign(), "")
+        .subscribe_ready(
+            via,
+            &TokenBuilder::new("lena", "landlord").org("org-a").sign(),
+            "",
+        )
         .await;
     let mut alice = app
-        .connect_ready(&TokenBuilder::new("alice", "tenant").org("org-a").sign(), "")
+        .subscribe_ready(via, &TokenBuilder::new("alice", "tenant").org("org-a").sign(), "")
         .await;
     // 500 events for orgs B..F, each addressed by every routing field to the clients of org A.
     let other_orgs = ["org-b", "org-c", "org-d", "org-e", "org-f"];
@@ -286,3 +280,19 @@ async fn no_event_of_other_orgs_reaches_a_client_even_when_addressed_to_it() {
         client.assert_no_event_within(Duration::from_millis(300)).await;
     }
 }
+
+over_both_transports!(
+    ops_receives_every_event_of_its_org,
+    landlord_receives_events_whose_landlord_id_is_one_of_its_orgs,
+    landlord_id_is_read_from_data_when_absent_at_top_level,
+    tenant_never_receives_another_tenants_ticket,
+    tenant_receives_events_whose_tenant_id_is_its_tenant_id_claim,
+    tenant_without_tenant_id_claim_is_matched_by_sub,
+    tenant_id_is_read_from_data_when_absent_at_top_level,
+    contractor_receives_events_whose_contractor_id_is_its_contractor_id_claim,
+    contractor_without_contractor_id_claim_is_matched_by_sub,
+    contractor_id_is_read_from_data_when_absent_at_top_level,
+    user_ids_reach_their_users_whatever_the_role,
+    member_of_two_orgs_receives_events_of_both,
+    no_event_of_other_orgs_reaches_a_client_even_when_addressed_to_it,
+);

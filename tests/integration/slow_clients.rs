@@ -220,3 +220,20 @@ async fn raw_tcp_client_that_never_reads_is_cut_while_a_normal_client_keeps_rece
         "the raw client was sent all {events} events instead of being cut off"
     );
 }
+
+#[tokio::test]
+async fn a_websocket_that_never_reads_is_closed_with_4008_while_others_keep_up() {
+    let app = spawn_app_with_small_queues().await;
+    let slow = app.ws_connect_ready(&ops("stuck", ORG), "").await;
+    let mut flood = flood_beside(&app, slow).await;
+    assert_eq!(flood.fast_received, flood.ids.len());
+    let (received, end) = flood.slow.expect_close(Duration::from_secs(10)).await;
+    assert_eq!(end, crate::common::ws::WsEnd::Closed(4008));
+    let ids: Vec<String> = received.into_iter().filter_map(|event| event.id).collect();
+    assert!(
+        ids.len() < flood.ids.len() && ids[..] == flood.ids[..ids.len()],
+        "a prefix of the events, in order, then the close ({} of {})",
+        ids.len(),
+        flood.ids.len()
+    );
+}

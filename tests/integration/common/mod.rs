@@ -13,6 +13,7 @@ pub mod redis_cluster;
 pub mod redis_server;
 pub mod sse;
 pub mod token;
+pub mod ws;
 
 use std::future::Future;
 use std::time::Duration;
