@@ -90,7 +90,7 @@ impl Gateway {
     pub async fn subscribe_ready(&self, via: Transport, token: &str, query: &str) -> Subscription {
         match via {
             Transport::Sse => Subscription::Sse(self.connect_ready(token, query).await),
-            Transport::Ws => Subscription::Ws(self.ws_connect_ready(token, query).await),
+            Transport::Ws => Subscription::Ws(Box::new(self.ws_connect_ready(token, query).await)),
         }
     }
 }
@@ -240,7 +240,7 @@ pub enum Transport {
 /// One stream, over either transport.
 pub enum Subscription {
     Sse(SseClient),
-    Ws(WsClient),
+    Ws(Box<WsClient>),
 }
 
 impl Subscription {
