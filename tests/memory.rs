@@ -5,7 +5,7 @@ use std::alloc::System;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use event_gateway::auth::{TokenMinter, TokenRequest};
@@ -56,20 +56,16 @@ fn start_gateway() -> u16 {
         .expect("gateway started")
 }
 
-/// Opens a stream and reads until its `connected` event has arrived.
-fn open_stream(port: u16, token: &str) -> TcpStream {
+/// Sends `request` and reads until `marker` (the `connected` event) has arrived.
+fn open(port: u16, request: &str, marker: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("sets a timeout");
-    write!(
-        stream,
-        "GET /api/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
-    )
-    .expect("sends the request");
+    stream.write_all(request.as_bytes()).expect("sends the request");
     let mut seen = Vec::new();
     let mut chunk = [0u8; 2048];
-    while !seen.windows(16).any(|w| w == b"event: connected") {
+    while !seen.windows(marker.len()).any(|w| w == marker) {
         let read = stream.read(&mut chunk).expect("reads the stream");
         assert!(
             read > 0,
@@ -81,8 +77,35 @@ fn open_stream(port: u16, token: &str) -> TcpStream {
     stream
 }
 
-#[test]
-fn an_idle_stream_costs_less_than_4_kb_of_heap() {
+fn open_sse(port: u16, token: &str) -> TcpStream {
+    let request =
+        format!("GET /api/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
+    open(port, &request, b"event: connected")
+}
+
+/// A WebSocket, offering `extensions` when not empty.
+fn open_ws(port: u16, token: &str, extensions: &str) -> TcpStream {
+    let offer = if extensions.is_empty() {
+        String::new()
+    } else {
+        format!("Sec-WebSocket-Extensions: {extensions}\r\n")
+    };
+    let request = format!(
+        "GET /api/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {token}\r\n{offer}\r\n"
+    );
+    open(port, &request, b"\"event\":\"connected\"")
+}
+
+/// The tests share the process's allocation counters: one measures at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Heap per idle stream of a fresh gateway, streams opened by `open`.
+fn heap_per_idle_stream(open: impl Fn(u16, &str) -> TcpStream) -> isize {
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let port = start_gateway();
     let settings = Settings::load_from(None, Some(HashMap::new())).expect("defaults load");
     let minter = TokenMinter::new(&SecretString::from(SECRET), &settings.auth);
@@ -99,17 +122,40 @@ fn an_idle_stream_costs_less_than_4_kb_of_heap() {
             .expect("mints")
     };
     // Warm up: lazily built state (maps, pools, the first org entries) is not per stream.
-    let warm: Vec<TcpStream> = (0..200).map(|i| open_stream(port, &token(i))).collect();
+    let warm: Vec<TcpStream> = (0..200).map(|i| open(port, &token(i))).collect();
     let tokens: Vec<String> = (200..1200).map(token).collect();
     std::thread::sleep(Duration::from_millis(200));
     let before = live_bytes();
-    let streams: Vec<TcpStream> = tokens.iter().map(|t| open_stream(port, t)).collect();
+    let streams: Vec<TcpStream> = tokens.iter().map(|t| open(port, t)).collect();
     std::thread::sleep(Duration::from_millis(200));
     let per_stream = (live_bytes() - before) / streams.len() as isize;
-    eprintln!("heap per idle stream: {per_stream} bytes");
+    drop((warm, streams));
+    per_stream
+}
+
+fn assert_within_budget(what: &str, per_stream: isize) {
+    eprintln!("heap per {what}: {per_stream} bytes");
     assert!(
         per_stream <= BUDGET_PER_STREAM,
-        "an idle stream holds {per_stream} bytes of heap, over the {BUDGET_PER_STREAM}-byte budget"
+        "{what} holds {per_stream} bytes of heap, over the {BUDGET_PER_STREAM}-byte budget"
     );
-    drop((warm, streams));
+}
+
+#[test]
+fn an_idle_stream_costs_less_than_4_kb_of_heap() {
+    assert_within_budget("idle SSE stream", heap_per_idle_stream(open_sse));
+}
+
+#[test]
+fn an_idle_websocket_costs_less_than_4_kb_of_heap() {
+    assert_within_budget(
+        "idle WebSocket",
+        heap_per_idle_stream(|port, token| open_ws(port, token, "")),
+    );
+}
+
+#[test]
+fn an_idle_compressed_websocket_costs_less_than_4_kb_of_heap() {
+    let per_stream = heap_per_idle_stream(|port, token| open_ws(port, token, "permessage-deflate"));
+    assert_within_budget("idle WebSocket with permessage-deflate", per_stream);
 }

@@ -73,6 +73,8 @@ pub async fn upgrade(
         )));
     }
     let claims = state.authenticate(&request)?;
+    // A role that may not subscribe is refused before the handshake is even read.
+    state.policy.viewer(&claims, None)?;
     let key = handshake_key(&request)?;
     let query = EventsQuery::parse(request.query_string())?;
     let open = OpenRequest {
