@@ -24,3 +24,4 @@ mod shutdown;
 mod slow_clients;
 mod startup;
 mod stream;
+mod websocket_clients;
