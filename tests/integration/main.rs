@@ -25,3 +25,4 @@ mod slow_clients;
 mod startup;
 mod stream;
 mod websocket;
+mod websocket_clients;
