@@ -12,7 +12,10 @@
 #            durable-filtered replay-storm
 #            http50 and nchan-<same> for idle10k fanout50 fanout200 fanout800 filtered;
 #            pump-<same> for fanout50 fanout200 fanout800 (the floor: event-gateway-pump, one org);
-#            durable-orgs, and cluster-<same> for any gateway scenario (a 3-primary Redis Cluster).
+#            durable-orgs, and cluster-<same> for any gateway scenario (a 3-primary Redis Cluster);
+#            ws-<same> and wsz-<same> for any gateway scenario but replay-storm: the streams over
+#            WebSocket (GET /api/ws), wsz- offering permessage-deflate (e.g. ws-idle10k,
+#            ws-fanout50, wsz-fanout200, ws-filtered, cluster-ws-fanout50).
 # Never touches a shared Redis: each run starts its own redis-server on a free port. The server
 # processes measured are found from the listening port (the gateway; nginx master + workers).
 set -euo pipefail
@@ -167,10 +170,17 @@ scenario_args() {
 }
 
 run_one() { # run_one <scenario> <run number>
-    local scenario=$1 run=$2 base=${1#nchan-} args redis_args
+    local scenario=$1 run=$2 base=${1#nchan-} args redis_args transport_args=""
     base=${base#pump-}
     base=${base#cluster-}
-    args=$(scenario_args "$base")
+    case $base in
+        ws-*) base=${base#ws-}; transport_args="--transport ws" ;;
+        wsz-*) base=${base#wsz-}; transport_args="--transport ws --ws-deflate" ;;
+    esac
+    if [[ -n $transport_args && ($scenario == nchan-* || $scenario == pump-*) ]]; then
+        echo "$scenario: Nchan and the pump are measured over SSE only" >&2; return 1
+    fi
+    args="$(scenario_args "$base") $transport_args"
     if [[ $scenario == cluster-* ]]; then
         start_cluster
         start_gateway GATEWAY__REDIS__CLUSTER=true
