@@ -457,7 +457,8 @@ impl WsTotals {
 
     fn human(&self) -> String {
         format!(
-            "{} messages ({} compressed, {} fragmented, {} binary, {} not a gateway message), {} B once inflated;              {} server pings answered; {} pings sent, {} pongs; {} error events; close frames{}",
+            "{} messages ({} compressed, {} fragmented, {} binary, {} not a gateway message), {} B once inflated; \
+             {} server pings answered; {} pings sent, {} pongs; {} error events; close frames{}",
             self.messages,
             self.compressed,
             self.fragmented,
