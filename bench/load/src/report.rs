@@ -472,7 +472,8 @@ impl WsTotals {
             if self.closes.is_empty() {
                 " none".to_string()
             } else {
-                reasons_human(&self.closes)
+                let codes: Vec<String> = self.closes.iter().map(|(code, n)| format!(" {code} x{n}")).collect();
+                codes.join(",")
             }
         )
     }
