@@ -26,6 +26,10 @@ RUNS=${RUNS:-3}
 OUT=${OUT:-$ROOT/bench/results}
 # Extra arguments for every bench run, e.g. BENCH_ARGS="--threads 2 --mode shards".
 BENCH_ARGS=${BENCH_ARGS:-}
+# Extra environment for every gateway, e.g. GATEWAY_ENV="GATEWAY__COMPRESSION__MIN_BYTES=0" (the
+# bench's events, ~140 B with the default --pad 64, are under compression.min_bytes, so wsz- runs
+# negotiate permessage-deflate but get them uncompressed unless this or a larger --pad says so).
+read -r -a GATEWAY_ENV_ARGS <<<"${GATEWAY_ENV:-}"
 SECRET=bench-secret-not-for-production-0123456789
 mkdir -p "$OUT"
 
@@ -98,7 +102,7 @@ stop_cluster() {
 start_gateway() { # start_gateway [extra env assignments...]
     SERVER_PORT=$(free_port)
     GATEWAY_LOG=$(mktemp /tmp/egb-gateway.XXXXXX.log)
-    env "$@" GATEWAY__SERVER__HOST=127.0.0.1 "GATEWAY__SERVER__PORT=$SERVER_PORT" \
+    env "$@" "${GATEWAY_ENV_ARGS[@]}" GATEWAY__SERVER__HOST=127.0.0.1 "GATEWAY__SERVER__PORT=$SERVER_PORT" \
         "GATEWAY__AUTH__JWT_SECRET=$SECRET" "GATEWAY__REDIS__URL=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}" \
         GATEWAY__LOG__FORMAT=json GATEWAY__LOG__LEVEL=warn \
         "$BIN_DIR/event-gateway" serve >"$GATEWAY_LOG" 2>&1 &
