@@ -12,7 +12,10 @@
 #            durable-filtered replay-storm
 #            http50 and nchan-<same> for idle10k fanout50 fanout200 fanout800 filtered;
 #            pump-<same> for fanout50 fanout200 fanout800 (the floor: event-gateway-pump, one org);
-#            durable-orgs, and cluster-<same> for any gateway scenario (a 3-primary Redis Cluster).
+#            durable-orgs, and cluster-<same> for any gateway scenario (a 3-primary Redis Cluster);
+#            ws-<same> and wsz-<same> for any gateway scenario but replay-storm: the streams over
+#            WebSocket (GET /api/ws), wsz- offering permessage-deflate (e.g. ws-idle10k,
+#            ws-fanout50, wsz-fanout200, ws-filtered, cluster-ws-fanout50).
 # Never touches a shared Redis: each run starts its own redis-server on a free port. The server
 # processes measured are found from the listening port (the gateway; nginx master + workers).
 set -euo pipefail
@@ -23,6 +26,10 @@ RUNS=${RUNS:-3}
 OUT=${OUT:-$ROOT/bench/results}
 # Extra arguments for every bench run, e.g. BENCH_ARGS="--threads 2 --mode shards".
 BENCH_ARGS=${BENCH_ARGS:-}
+# Extra environment for every gateway, e.g. GATEWAY_ENV="GATEWAY__COMPRESSION__MIN_BYTES=0" (the
+# bench's events, ~140 B with the default --pad 64, are under compression.min_bytes, so wsz- runs
+# negotiate permessage-deflate but get them uncompressed unless this or a larger --pad says so).
+read -r -a GATEWAY_ENV_ARGS <<<"${GATEWAY_ENV:-}"
 SECRET=bench-secret-not-for-production-0123456789
 mkdir -p "$OUT"
 
@@ -95,7 +102,7 @@ stop_cluster() {
 start_gateway() { # start_gateway [extra env assignments...]
     SERVER_PORT=$(free_port)
     GATEWAY_LOG=$(mktemp /tmp/egb-gateway.XXXXXX.log)
-    env "$@" GATEWAY__SERVER__HOST=127.0.0.1 "GATEWAY__SERVER__PORT=$SERVER_PORT" \
+    env "$@" "${GATEWAY_ENV_ARGS[@]}" GATEWAY__SERVER__HOST=127.0.0.1 "GATEWAY__SERVER__PORT=$SERVER_PORT" \
         "GATEWAY__AUTH__JWT_SECRET=$SECRET" "GATEWAY__REDIS__URL=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}" \
         GATEWAY__LOG__FORMAT=json GATEWAY__LOG__LEVEL=warn \
         "$BIN_DIR/event-gateway" serve >"$GATEWAY_LOG" 2>&1 &
@@ -167,10 +174,17 @@ scenario_args() {
 }
 
 run_one() { # run_one <scenario> <run number>
-    local scenario=$1 run=$2 base=${1#nchan-} args redis_args
+    local scenario=$1 run=$2 base=${1#nchan-} args redis_args transport_args=""
     base=${base#pump-}
     base=${base#cluster-}
-    args=$(scenario_args "$base")
+    case $base in
+        ws-*) base=${base#ws-}; transport_args="--transport ws" ;;
+        wsz-*) base=${base#wsz-}; transport_args="--transport ws --ws-deflate" ;;
+    esac
+    if [[ -n $transport_args && ($scenario == nchan-* || $scenario == pump-*) ]]; then
+        echo "$scenario: Nchan and the pump are measured over SSE only" >&2; return 1
+    fi
+    args="$(scenario_args "$base") $transport_args"
     if [[ $scenario == cluster-* ]]; then
         start_cluster
         start_gateway GATEWAY__REDIS__CLUSTER=true

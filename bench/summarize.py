@@ -22,6 +22,7 @@ COLUMNS = [
     ("max ms", lambda r: r["latency"]["max_ms"]),
     ("lost", lambda r: r["lost"]),
     ("deliveries/read", lambda r: r.get("deliveries_per_read")),
+    ("wire B/delivery", lambda r: r.get("wire_bytes_per_delivery")),
     ("server CPU ms/1k", lambda r: r["server_cpu_ms_per_1k_deliveries"]),
     ("redis CPU ms/1k", lambda r: r["redis_cpu_ms_per_1k_deliveries"]),
     ("bench clients CPU ms/1k", lambda r: r.get("bench_client_cpu_ms_per_1k_deliveries")),

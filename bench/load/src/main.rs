@@ -1,12 +1,12 @@
 //! event-gateway-bench: the load generator operators size a deployment with. It opens N SSE
-//! streams at a given ramp (each with its own minted JWT, roles and orgs per scenario), publishes
+//! or WebSocket streams at a given ramp (each with its own minted JWT, roles and orgs per scenario), publishes
 //! at a given rate through Redis `PUBLISH`, the durable Function or `POST /api/publish`, checks
 //! every delivery against what the gateway's own policy says each stream must receive, and
 //! reports connections, connect times, deliveries/s, latency percentiles, losses, and the
 //! server's RSS and CPU time from /proc. Every run is bounded in time and stops by itself.
 //!
-//! Reading order: `plan` (the scenario), `client` (one stream) over `sse` (decoding) and `tally`
-//! (counting), `publisher`, `procstat`, then `report`.
+//! Reading order: `plan` (the scenario), `client` (one stream) over `sse` or `ws` (decoding) and
+//! `tally` (counting), `publisher`, `procstat`, then `report`.
 
 #![recursion_limit = "256"]
 
@@ -18,6 +18,7 @@ mod report;
 mod sse;
 mod storm;
 mod tally;
+mod ws;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -34,7 +35,7 @@ use event_gateway::settings::Settings;
 use secrecy::SecretString;
 use tokio::sync::{oneshot, watch, Semaphore};
 
-use client::{ClientShared, ConnRecord, EstablishedOn};
+use client::{ClientShared, ConnRecord, EstablishedOn, Transport};
 use plan::{Plan, PlanOptions, Roles};
 use procstat::ProcSample;
 use publisher::{PublishOutcome, Publisher, Via};
@@ -62,7 +63,7 @@ enum Mode {
 #[derive(Parser, Debug)]
 #[command(
     name = "event-gateway-bench",
-    about = "Load generator for event-gateway: SSE streams, paced publishing, exact delivery accounting",
+    about = "Load generator for event-gateway: SSE or WebSocket streams, paced publishing, exact delivery accounting",
     // A later flag wins, so `bench/run.sh` scenarios can be adjusted with BENCH_ARGS.
     args_override_self = true
 )]
@@ -73,10 +74,23 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Target::Gateway)]
     target: Target,
     /// Stream path. `{org}` is replaced by the connection's first org, `{orgs}` by all its orgs
-    /// joined with commas. Default: /api/events (gateway), /sub/{orgs} (nchan).
+    /// joined with commas. Default: /api/events (gateway, sse), /api/ws (gateway, ws),
+    /// /sub/{orgs} (nchan).
     #[arg(long)]
     path: Option<String>,
-    /// SSE connections to open.
+    /// How streams are opened: Server-Sent Events, or WebSocket (RFC 6455, one JSON text
+    /// message per event, counted exactly as the SSE events are).
+    #[arg(long, value_enum, default_value_t = Transport::Sse)]
+    transport: Transport,
+    /// WebSocket: offer permessage-deflate (`client_no_context_takeover`); the report says on
+    /// how many streams the server accepted it.
+    #[arg(long)]
+    ws_deflate: bool,
+    /// WebSocket: send `{"op":"ping"}` every this many seconds once established (0: never);
+    /// `pong` events are counted.
+    #[arg(long, default_value_t = 0.0)]
+    ws_ping: f64,
+    /// Streams to open.
     #[arg(short = 'n', long, default_value_t = 1000)]
     connections: usize,
     /// New connections per second.
@@ -364,13 +378,17 @@ async fn run(inputs: RunInputs) -> anyhow::Result<RunResult> {
         Target::Gateway => EstablishedOn::Connected,
         Target::Nchan => EstablishedOn::Headers,
     });
-    let shared = Arc::new(ClientShared::new(
+    let mut shared = ClientShared::new(
         endpoint.address,
+        args.transport,
         !args.no_source_spread && endpoint.address.ip().is_loopback(),
         established_on,
         Duration::from_secs_f64(args.handshake_timeout),
         plan.event_orgs().into(),
-    ));
+    );
+    shared.ws_deflate = args.ws_deflate;
+    shared.ws_ping = (args.ws_ping > 0.0).then(|| Duration::from_secs_f64(args.ws_ping));
+    let shared = Arc::new(shared);
     let redis_pids: Vec<u32> = args.redis_pids.clone();
     let mut samples = [Samples {
         before: None,
@@ -592,6 +610,16 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let endpoint = resolve(&args.url, args.allow_remote)?;
+    if args.transport == Transport::Ws {
+        if args.target != Target::Gateway {
+            bail!("--transport ws needs --target gateway (Nchan and the pump are measured over SSE)");
+        }
+        if args.replayers > 0 {
+            bail!("--replayers: the replay storm's clients speak SSE only; run it with --transport sse");
+        }
+    } else if args.ws_deflate || args.ws_ping > 0.0 {
+        bail!("--ws-deflate and --ws-ping need --transport ws");
+    }
     let server_pids = if args.server_pids.is_empty() && endpoint.address.ip().is_loopback() {
         procstat::find_listeners(endpoint.address.port())
     } else {
@@ -634,10 +662,14 @@ fn main() -> anyhow::Result<()> {
     }));
 
     let (requests, service_tokens, storm) = {
-        let path_template = args.path.clone().unwrap_or_else(|| match args.target {
-            Target::Gateway => "/api/events".to_string(),
-            Target::Nchan => "/sub/{orgs}".to_string(),
-        });
+        let path_template = args
+            .path
+            .clone()
+            .unwrap_or_else(|| match (args.target, args.transport) {
+                (Target::Gateway, Transport::Sse) => "/api/events".to_string(),
+                (Target::Gateway, Transport::Ws) => "/api/ws".to_string(),
+                (Target::Nchan, _) => "/sub/{orgs}".to_string(),
+            });
         let minter = match (args.target, &args.secret) {
             (Target::Nchan, _) => None,
             (Target::Gateway, Some(secret)) => Some(TokenMinter::new(
@@ -669,11 +701,10 @@ fn main() -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            requests.push(client::stream_request(
-                &endpoint.authority,
-                &path,
-                token.as_deref(),
-            ));
+            requests.push(match args.transport {
+                Transport::Sse => client::stream_request(&endpoint.authority, &path, token.as_deref()),
+                Transport::Ws => ws::request(&endpoint.authority, &path, token.as_deref(), args.ws_deflate),
+            });
         }
         let mut service_tokens = Vec::new();
         if let Some(minter) = &minter {
@@ -772,6 +803,8 @@ fn main() -> anyhow::Result<()> {
         label: args.label.clone(),
         url: args.url.clone(),
         target: format!("{:?}", args.target).to_lowercase(),
+        transport: format!("{:?}", args.transport).to_lowercase(),
+        ws_deflate_offered: args.ws_deflate,
         via: format!("{:?}", args.via).to_lowercase(),
         roles: format!("{:?}", args.roles).to_lowercase(),
         mode: format!("{:?}", args.mode).to_lowercase(),

@@ -13,6 +13,9 @@ pub struct Context {
     pub label: String,
     pub url: String,
     pub target: String,
+    /// `sse` or `ws`.
+    pub transport: String,
+    pub ws_deflate_offered: bool,
     pub via: String,
     pub roles: String,
     pub mode: String,
@@ -113,6 +116,8 @@ pub fn print(context: &Context, result: &RunResult) {
     let mut unparsed = 0u64;
     let mut with_id = 0u64;
     let mut reads = 0u64;
+    let mut wire_bytes = 0u64;
+    let mut ws = WsTotals::default();
     let mut established = 0u64;
     let published = result.publish.as_ref().map(|p| &p.published);
     for record in &result.records {
@@ -135,6 +140,12 @@ pub fn print(context: &Context, result: &RunResult) {
         unparsed += record.unparsed;
         with_id += record.with_id;
         reads += record.reads;
+        wire_bytes += record.wire_bytes;
+        ws.add(&record.ws);
+    }
+    for record in result.records.iter().filter(|r| r.failure.is_some()) {
+        // A stream refused after its upgrade (a bad extension answer) still says what it saw.
+        ws.add_close(&record.ws);
     }
     let connect = Percentiles::of(
         &result
@@ -187,6 +198,8 @@ pub fn print(context: &Context, result: &RunResult) {
     let publisher_cpu_ms = publish.map_or(0, |p| p.cpu_ms);
     let client_cpu_ms = bench.publish_cpu_ms.map(|ms| ms.saturating_sub(publisher_cpu_ms));
     let deliveries_per_read = (reads > 0).then(|| deliveries as f64 / reads as f64);
+    let wire_bytes_per_delivery = (deliveries > 0).then(|| wire_bytes as f64 / deliveries as f64);
+    let is_ws = context.transport == "ws";
 
     // Human table.
     let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_string(), |v| format!("{v:.2}{unit}"));
@@ -196,8 +209,9 @@ pub fn print(context: &Context, result: &RunResult) {
         context.label, context.target, context.url, context.server_pids, context.load_before
     );
     println!(
-        "scenario      {} streams over {} orgs, roles {}, ramp {}/s; {} ev/s for {} s via {} ({} events, pad {} B); client {} x{}",
+        "scenario      {} {} streams over {} orgs, roles {}, ramp {}/s; {} ev/s for {} s via {} ({} events, pad {} B); client {} x{}",
         context.connections,
+        context.transport,
         context.orgs,
         context.roles,
         context.ramp,
@@ -219,6 +233,21 @@ pub fn print(context: &Context, result: &RunResult) {
         result.ramp_elapsed.as_secs_f64()
     );
     println!("connect time  {}", connect.human());
+    if is_ws {
+        println!(
+            "transport     ws, permessage-deflate {}{}",
+            if context.ws_deflate_offered {
+                "offered"
+            } else {
+                "not offered"
+            },
+            if context.ws_deflate_offered {
+                format!(", negotiated on {} of {established} streams", ws.deflate_streams)
+            } else {
+                String::new()
+            }
+        );
+    }
     if let Some(publish) = publish {
         println!(
             "publish       {} of {} accepted ({:.1} ev/s achieved), {} failed{}, worst lag behind schedule {:.1} ms, {} with 0 receivers",
@@ -246,6 +275,13 @@ pub fn print(context: &Context, result: &RunResult) {
             latency.human(),
             opt(deliveries_per_read, "")
         );
+    }
+    println!(
+        "wire          {wire_bytes} B received after the response heads -> {} B per delivery",
+        opt(wire_bytes_per_delivery, "")
+    );
+    if is_ws {
+        println!("websocket     {}", ws.human());
     }
     println!(
         "server RSS    before {}, connected {}, after {}, peak {} -> {} KB per connection",
@@ -303,6 +339,9 @@ pub fn print(context: &Context, result: &RunResult) {
     let line = json!({
         "label": context.label,
         "target": context.target,
+        "transport": context.transport,
+        "ws_deflate_offered": context.ws_deflate_offered,
+        "ws_deflate_negotiated": is_ws.then_some(ws.deflate_streams),
         "url": context.url,
         "via": context.via,
         "roles": context.roles,
@@ -341,6 +380,9 @@ pub fn print(context: &Context, result: &RunResult) {
         "latency": latency.json(),
         "reads": reads,
         "deliveries_per_read": deliveries_per_read,
+        "wire_bytes": wire_bytes,
+        "wire_bytes_per_delivery": wire_bytes_per_delivery,
+        "ws": is_ws.then(|| ws.json()),
         "server_rss_before_kb": server.rss_before_kb,
         "server_rss_connected_kb": server.rss_connected_kb,
         "server_rss_after_kb": server.rss_after_kb,
@@ -370,6 +412,87 @@ pub fn print(context: &Context, result: &RunResult) {
             .collect::<Vec<_>>(),
     });
     println!("BENCH_JSON {line}");
+}
+
+/// What the WebSocket streams saw besides events, summed.
+#[derive(Debug, Default)]
+struct WsTotals {
+    deflate_streams: u64,
+    messages: u64,
+    compressed: u64,
+    fragmented: u64,
+    binary: u64,
+    message_bytes: u64,
+    bad_messages: u64,
+    server_pings: u64,
+    pings_sent: u64,
+    pongs: u64,
+    errors: u64,
+    /// Close frames from the server, by code (`none`: without one).
+    closes: BTreeMap<String, u64>,
+}
+
+impl WsTotals {
+    fn add(&mut self, counts: &crate::client::WsCounts) {
+        self.deflate_streams += counts.deflate as u64;
+        self.messages += counts.messages;
+        self.compressed += counts.compressed;
+        self.fragmented += counts.fragmented;
+        self.binary += counts.binary;
+        self.message_bytes += counts.message_bytes;
+        self.bad_messages += counts.bad_messages;
+        self.server_pings += counts.server_pings;
+        self.pings_sent += counts.pings_sent;
+        self.pongs += counts.pongs;
+        self.errors += counts.errors;
+        self.add_close(counts);
+    }
+
+    fn add_close(&mut self, counts: &crate::client::WsCounts) {
+        if let Some(code) = counts.close {
+            let code = code.map_or("none".to_string(), |code| code.to_string());
+            *self.closes.entry(code).or_default() += 1;
+        }
+    }
+
+    fn human(&self) -> String {
+        format!(
+            "{} messages ({} compressed, {} fragmented, {} binary, {} not a gateway message), {} B once inflated; \
+             {} server pings answered; {} pings sent, {} pongs; {} error events; close frames{}",
+            self.messages,
+            self.compressed,
+            self.fragmented,
+            self.binary,
+            self.bad_messages,
+            self.message_bytes,
+            self.server_pings,
+            self.pings_sent,
+            self.pongs,
+            self.errors,
+            if self.closes.is_empty() {
+                " none".to_string()
+            } else {
+                let codes: Vec<String> = self.closes.iter().map(|(code, n)| format!(" {code} x{n}")).collect();
+                codes.join(",")
+            }
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "messages": self.messages,
+            "compressed": self.compressed,
+            "fragmented": self.fragmented,
+            "binary": self.binary,
+            "bad_messages": self.bad_messages,
+            "message_bytes": self.message_bytes,
+            "server_pings": self.server_pings,
+            "pings_sent": self.pings_sent,
+            "pongs": self.pongs,
+            "error_events": self.errors,
+            "close_codes": reasons_json(&self.closes),
+        })
+    }
 }
 
 /// The replay storm's figures.
