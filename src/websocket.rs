@@ -115,7 +115,7 @@ impl Framing for WsFraming {
 
 /// A client operation.
 #[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "lowercase")]
 enum Operation {
     Ack {
         #[serde(rename = "lastEventId")]
@@ -243,10 +243,14 @@ impl WsStream {
                 .push_back(ws::frame(Opcode::Pong, false, &[&frame.payload])),
             Opcode::Pong => {}
             Opcode::Close => {
-                // Echo the client's code (RFC 6455 §5.5.1), or a normal closure.
-                let code = match frame.payload.get(..2) {
-                    Some(&[high, low]) => u16::from_be_bytes([high, low]),
-                    _ => ws::CLOSE_NORMAL,
+                // Echo the client's code (RFC 6455 §5.5.1), a normal closure for none, and a
+                // protocol error for a code no endpoint may send.
+                let code = match &frame.payload[..] {
+                    [] => ws::CLOSE_NORMAL,
+                    [high, low, ..] if ws::may_be_sent(u16::from_be_bytes([*high, *low])) => {
+                        u16::from_be_bytes([*high, *low])
+                    }
+                    _ => ws::CLOSE_PROTOCOL_ERROR,
                 };
                 self.close(code, "");
             }
@@ -330,6 +334,10 @@ impl WsStream {
     }
 
     fn change_types(&mut self, types: &[String]) {
+        if let Some(entry) = types.iter().find(|entry| entry.contains(',')) {
+            let message = format!("one type or prefix per entry, not {entry:?}");
+            return self.reply_error(&ApiError::bad_request("invalid_query", message));
+        }
         let filter = if types.is_empty() {
             None
         } else {

@@ -4,7 +4,7 @@ mod jwt;
 mod token;
 
 pub use jwt::{Claims, JwtVerifier, KeyError, TokenMinter, TokenRequest};
-pub use token::{extract_token, redact_query};
+pub use token::{extract_token, redact_query, token_is_cookie};
 
 /// `[auth]`: how tokens are found and verified.
 #[derive(Debug, serde::Deserialize, Clone)]

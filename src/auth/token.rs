@@ -34,6 +34,15 @@ pub fn extract_token(request: &HttpRequest, cookie_name: &str) -> Result<String,
     Err(AuthError::Missing)
 }
 
+/// Whether `request`'s token is its cookie (no `Authorization` header, a cookie): a credential
+/// the browser adds by itself, whichever page opens the connection.
+pub fn token_is_cookie(request: &HttpRequest, cookie_name: &str) -> bool {
+    request.headers().get(header::AUTHORIZATION).is_none()
+        && request
+            .cookie(cookie_name)
+            .is_some_and(|cookie| !cookie.value().is_empty())
+}
+
 /// The query parameter that may carry a token.
 const TOKEN_PARAMETER: &str = "access_token";
 

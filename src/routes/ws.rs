@@ -6,6 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::events::{client_ip, start_of, EventsQuery};
 use super::AppState;
+use crate::auth::token_is_cookie;
 use crate::clock::unix_secs;
 use crate::error::ApiError;
 use crate::hub::Shard;
@@ -53,6 +54,43 @@ fn handshake_key(request: &HttpRequest) -> Result<Vec<u8>, ApiError> {
     Ok(key.to_vec())
 }
 
+/// Browsers send cookies with a WebSocket handshake from any page and apply no CORS to it, so a
+/// handshake authenticated by cookie must come from this gateway's own origin (the `Host` it
+/// was sent to) or one of `cors.allowed_origins`; else any site could open its visitors'
+/// streams. Handshakes without `Origin` (not from a browser) and tokens sent explicitly (a
+/// header or the query, which a foreign page cannot know) are not affected.
+fn check_origin(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    if !token_is_cookie(request, &state.settings.auth.cookie_name) {
+        return Ok(());
+    }
+    let Some(origin) = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return Ok(());
+    };
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok());
+    let same_origin = origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| host.is_some_and(|host| authority.eq_ignore_ascii_case(host)));
+    if same_origin
+        || state
+            .settings
+            .cors
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed == origin)
+    {
+        Ok(())
+    } else {
+        Err(ApiError::OriginForbidden(origin.to_string()))
+    }
+}
+
 pub async fn upgrade(
     request: HttpRequest,
     payload: web::Payload,
@@ -73,6 +111,7 @@ pub async fn upgrade(
         )));
     }
     let claims = state.authenticate(&request)?;
+    check_origin(&request, &state)?;
     // A role that may not subscribe is refused before the handshake is even read.
     state.policy.viewer(&claims, None)?;
     let key = handshake_key(&request)?;
@@ -107,5 +146,7 @@ pub async fn upgrade(
         response.insert_header((header::SEC_WEBSOCKET_EXTENSIONS, ws::DEFLATE_RESPONSE));
     }
     let user = claims.sub.clone();
-    Ok(response.streaming(WsStream::new(session, shard, state, &user, payload)))
+    // A body stream of its own, not `streaming`, which would add a content type to the 101.
+    let stream = WsStream::new(session, shard, state, &user, payload);
+    Ok(response.body(actix_web::body::BodyStream::new(stream)))
 }

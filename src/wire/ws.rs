@@ -22,6 +22,12 @@ pub const CLOSE_EXPIRED: u16 = 4001;
 pub const CLOSE_SLOW: u16 = 4008;
 pub const CLOSE_REFUSED: u16 = 4403;
 
+/// Whether `code` may travel in a close frame (RFC 6455 §7.4): the defined codes but 1004-1006
+/// and 1015, and the ranges left to libraries and applications.
+pub fn may_be_sent(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// The `id` and closing brace of a message without an id.
 pub const TAIL_WITHOUT_ID: &[u8] = b"}";
 

@@ -9,6 +9,7 @@ use reqwest::StatusCode;
 use crate::common::gateway::{spawn_gateway, GatewayOptions};
 use crate::common::http::{assert_error, send};
 use crate::common::token::{ops, service};
+use crate::common::within;
 
 #[tokio::test]
 async fn the_console_is_one_page_that_may_talk_to_this_gateway_only() {
@@ -53,15 +54,21 @@ async fn in_a_browser_the_console_streams_publishes_filters_and_counts_connectio
         "the browser test needs Debian's chromium and `npm ci --prefix tests/browser` (.ci/run installs both)"
     );
     let org = "org-1";
-    let output = tokio::process::Command::new("node")
+    let mut command = tokio::process::Command::new("node");
+    command
         .arg(&script)
         .arg(gateway.base_url())
         .arg(ops("olivia", org))
         .arg(service(&[org]))
         .arg(org)
-        .output()
-        .await
-        .expect("running node");
+        .kill_on_drop(true);
+    let output = within(
+        std::time::Duration::from_secs(90),
+        "the console's browser test",
+        command.output(),
+    )
+    .await
+    .expect("running node");
     assert!(
         output.status.success(),
         "the console in Chromium:\n{}{}",

@@ -93,6 +93,52 @@ async fn the_token_may_come_in_the_access_token_query_parameter() {
 }
 
 #[tokio::test]
+async fn a_cookie_authenticated_upgrade_from_another_origin_is_403_origin_forbidden() {
+    let app = spawn_app().await;
+    let cookie = format!("access_token={}", ops("olivia", ORG));
+    let headers = [("cookie", cookie.as_str()), ("origin", "https://evil.example")];
+    let Err((status, body)) = app.ws_handshake("", "", &headers).await else {
+        panic!("a page of another origin opened a stream with the user's cookie");
+    };
+    assert_eq!(status.as_u16(), 403);
+    assert_eq!(body["error"]["code"], "origin_forbidden");
+}
+
+#[tokio::test]
+async fn a_cookie_authenticated_upgrade_from_the_gateways_own_origin_opens() {
+    let app = spawn_app().await;
+    let cookie = format!("access_token={}", ops("olivia", ORG));
+    let origin = app.base_url().to_string();
+    let headers = [("cookie", cookie.as_str()), ("origin", origin.as_str())];
+    let Ok(mut olivia) = app.ws_handshake("", "", &headers).await else {
+        panic!("the gateway's own origin was refused");
+    };
+    olivia.expect_connected().await;
+}
+
+#[tokio::test]
+async fn a_cookie_authenticated_upgrade_from_an_allowed_origin_opens() {
+    let app =
+        spawn_app_with(|options| options.env("GATEWAY__CORS__ALLOWED_ORIGINS", "https://app.example")).await;
+    let cookie = format!("access_token={}", ops("olivia", ORG));
+    let headers = [("cookie", cookie.as_str()), ("origin", "https://app.example")];
+    let Ok(mut olivia) = app.ws_handshake("", "", &headers).await else {
+        panic!("an origin of cors.allowed_origins was refused");
+    };
+    olivia.expect_connected().await;
+}
+
+#[tokio::test]
+async fn a_bearer_token_opens_a_websocket_from_any_origin() {
+    let app = spawn_app().await;
+    let headers = [("origin", "https://elsewhere.example")];
+    let Ok(mut olivia) = app.ws_handshake(&ops("olivia", ORG), "", &headers).await else {
+        panic!("a token sent explicitly was refused for its origin");
+    };
+    olivia.expect_connected().await;
+}
+
+#[tokio::test]
 async fn ping_is_answered_with_pong() {
     let app = spawn_app().await;
     let mut olivia = app.ws_connect_ready(&ops("olivia", ORG), "").await;
@@ -160,6 +206,58 @@ async fn types_changed_on_the_open_connection_apply_to_the_next_events() {
     app.publish_live(ORG, envelope(ORG, "payment.received", "control"))
         .await;
     assert_eq!(olivia.labels_until("control").await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_operation_with_fields_it_does_not_use_is_carried_out() {
+    let app = spawn_app().await;
+    let mut olivia = app.ws_connect_ready(&ops("olivia", ORG), "").await;
+    olivia.send(json!({"op": "ping", "requestId": 7})).await;
+    olivia.expect("pong").await;
+}
+
+#[tokio::test]
+async fn a_types_entry_holding_a_comma_is_an_error() {
+    let app = spawn_app().await;
+    let mut olivia = app.ws_connect_ready(&ops("olivia", ORG), "").await;
+    olivia
+        .send(json!({"op": "types", "types": ["ticket.*,payment.*"]}))
+        .await;
+    assert_eq!(olivia.expect("error").await.json()["code"], "invalid_query");
+}
+
+#[tokio::test]
+async fn a_close_with_a_code_no_endpoint_may_send_is_answered_with_1002() {
+    let app = spawn_app().await;
+    let mut stream = raw_upgrade(&app.gateway, &ops("olivia", ORG), "").await;
+    // A masked close frame with code 1005 (reserved: never on the wire).
+    let mask = [9u8, 8, 7, 6];
+    let mut frame = vec![0x88, 0x82];
+    frame.extend_from_slice(&mask);
+    frame.extend(
+        1005u16
+            .to_be_bytes()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4]),
+    );
+    stream.write_all(&frame).await.expect("sent");
+    loop {
+        let (first, payload) = read_frame(&mut stream).await;
+        if first & 0x0F == 0x8 {
+            assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002);
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_101_carries_no_content_type() {
+    let app = spawn_app().await;
+    raw_upgrade_with(&app.gateway, &ops("olivia", ORG), "", |head| {
+        assert!(!head.contains("content-type"), "{head}");
+    })
+    .await;
 }
 
 #[tokio::test]

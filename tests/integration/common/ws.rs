@@ -53,12 +53,38 @@ impl Gateway {
 
     /// Opens a WebSocket and asserts the upgrade (`101`).
     pub async fn ws_connect(&self, token: &str, query: &str) -> WsClient {
-        let request = self.ws_request(token, query);
-        let (socket, _) = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(request))
+        match self.ws_handshake(token, query, &[]).await {
+            Ok(client) => client,
+            Err((status, body)) => panic!("expected 101 for GET /api/ws, got {status}: {body}"),
+        }
+    }
+
+    /// A handshake with `headers` added: the open WebSocket, or the refusal's status and body.
+    pub async fn ws_handshake(
+        &self,
+        token: &str,
+        query: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<WsClient, (StatusCode, Value)> {
+        let mut request = self.ws_request(token, query);
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, HeaderValue::from_str(value).expect("a header-safe value"));
+        }
+        match tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(request))
             .await
-            .expect("the WebSocket handshake answered in time")
-            .unwrap_or_else(|error| panic!("expected 101 for GET /api/ws, got {error}"));
-        WsClient { socket }
+            .expect("the gateway answered the handshake in time")
+        {
+            Ok((socket, _)) => Ok(WsClient { socket }),
+            Err(Error::Http(response)) => {
+                let body = response.body().as_deref().unwrap_or_default();
+                let json = serde_json::from_slice(body)
+                    .unwrap_or_else(|_| panic!("a JSON error body, got {:?}", String::from_utf8_lossy(body)));
+                Err((response.status(), json))
+            }
+            Err(error) => panic!("expected 101 or an HTTP refusal, got {error}"),
+        }
     }
 
     /// Opens a WebSocket and reads up to `connected`.
@@ -70,19 +96,9 @@ impl Gateway {
 
     /// A refused upgrade: its status and JSON error body.
     pub async fn ws_refusal(&self, token: &str, query: &str) -> (StatusCode, Value) {
-        let request = self.ws_request(token, query);
-        match tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(request))
-            .await
-            .expect("the gateway answered the handshake in time")
-        {
+        match self.ws_handshake(token, query, &[]).await {
             Ok(_) => panic!("expected the upgrade to be refused, got 101"),
-            Err(Error::Http(response)) => {
-                let body = response.body().as_deref().unwrap_or_default();
-                let json = serde_json::from_slice(body)
-                    .unwrap_or_else(|_| panic!("a JSON error body, got {:?}", String::from_utf8_lossy(body)));
-                (response.status(), json)
-            }
-            Err(error) => panic!("expected an HTTP refusal, got {error}"),
+            Err(refusal) => refusal,
         }
     }
 
