@@ -10,6 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::wire::gzip::Piece;
 use crate::wire::ws::{DeflatedEvent, EncodedEvent};
 
 /// Longest accepted organization id, in bytes.
@@ -359,6 +360,8 @@ pub struct Event {
     ws: OnceLock<EncodedEvent>,
     /// The compressed WebSocket message (`None`: not worth compressing), built likewise.
     ws_deflated: OnceLock<Option<DeflatedEvent>>,
+    /// The frame as a piece of gzip streams, built when a compressed stream first needs it.
+    sse_gzip: OnceLock<Piece>,
     /// When this replica received the event, for `gateway_fanout_seconds`.
     pub received_at: Instant,
 }
@@ -386,6 +389,7 @@ impl Event {
             data_start,
             ws: OnceLock::new(),
             ws_deflated: OnceLock::new(),
+            sse_gzip: OnceLock::new(),
             received_at: Instant::now(),
         }
     }
@@ -452,6 +456,13 @@ impl Event {
                 self.id.map(|id| id.to_string()).as_deref(),
             )
         })
+    }
+
+    /// The frame as a piece of a gzip stream (compressed, or stored when under `min_bytes`, the
+    /// same for every connection of a replica), built once per replica and shared.
+    pub fn sse_gzip(&self, min_bytes: u32) -> &Piece {
+        self.sse_gzip
+            .get_or_init(|| Piece::compressed(&self.frame, min_bytes))
     }
 
     /// The event's compressed WebSocket message, compressed once per replica, or `None` when

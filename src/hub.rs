@@ -22,6 +22,7 @@ use crate::cursor::Cursor;
 use crate::event::{Event, EventId, OrgId, Priority};
 use crate::metrics::{DeliveryStats, METRICS};
 use crate::policy::{TypeFilter, Viewer};
+use crate::wire::gzip::{Piece, Tally};
 use crate::wire::{Encoding, PerEncoding};
 
 pub type ConnectionId = u64;
@@ -191,6 +192,8 @@ pub enum Output {
         bytes: Bytes,
         events: u64,
         oldest: Option<std::time::Instant>,
+        /// For a gzip stream, what the chunk's pieces stand for (for the stream's trailer).
+        gzip: Option<Tally>,
     },
     /// Nothing now; the waker is called when there is.
     Pending,
@@ -605,11 +608,11 @@ impl Subscriber {
             return Output::Ended;
         }
         let already_sent = |event: &Event| marks.covers(event);
-        let mut frames = Chunk::with_expected(slot.high.len() + slot.normal.len() + 2);
+        let mut frames = Chunk::new(slot.high.len() + slot.normal.len() + 2, self.encoding);
         let mut events = 0;
         let mut oldest = None;
         if let Some(keepalive) = slot.keepalive.take() {
-            frames.push(keepalive);
+            frames.push_own(keepalive);
         }
         while !frames.is_full() {
             let Some((event, overtook_durable)) = slot.high.pop_front() else {
@@ -620,7 +623,7 @@ impl Subscriber {
             }
             oldest = oldest.or(Some(event.received_at));
             if overtook_durable {
-                frames.push(self.encoding.event_without_id(&event));
+                frames.push_own(self.encoding.event_without_id(&event));
             } else {
                 push_frame(&mut frames, &mut slot.cursor, self.encoding, &event);
             }
@@ -648,7 +651,7 @@ impl Subscriber {
         }
         let ended = match slot.closing.take() {
             Some(Closing::After(last)) if drained => {
-                frames.push(last);
+                frames.push_own(last);
                 slot.closing = Some(Closing::Slow);
                 true
             }
@@ -665,10 +668,12 @@ impl Subscriber {
             return Output::Pending;
         }
         drop(slot);
+        let gzip = frames.gzip.map(|(_, tally)| tally);
         Output::Frames {
             bytes: frames.into_bytes(),
             events,
             oldest,
+            gzip,
         }
     }
 }
@@ -679,27 +684,56 @@ fn push_frame(frames: &mut Chunk, cursor: &mut Option<Box<Cursor>>, encoding: En
     match (cursor, event.id) {
         (Some(cursor), Some(id)) => {
             cursor.advance(&event.org, id);
-            frames.push(encoding.event_with_cursor(event, &cursor.encode()));
+            frames.push_own(encoding.event_with_cursor(event, &cursor.encode()));
         }
-        _ => frames.push(encoding.event(event)),
+        _ => frames.push_event(event, encoding),
     }
 }
 
 /// The frames of one write. A single frame goes out as is (no copy); from the second one on,
-/// they are copied into one buffer, so a burst costs one chunk and one write.
+/// they are copied into one buffer, so a burst costs one chunk and one write. For a gzip
+/// stream, each event is its shared piece and every other frame a stored piece, tallied.
 struct Chunk {
     first: Option<Bytes>,
     joined: Option<BytesMut>,
     /// How many frames may follow, to size the joined buffer once.
     expected: usize,
+    /// A gzip stream's `min_bytes` and the tally of the pieces so far.
+    gzip: Option<(u32, Tally)>,
 }
 
 impl Chunk {
-    fn with_expected(expected: usize) -> Self {
+    fn new(expected: usize, encoding: Encoding) -> Self {
         Self {
             first: None,
             joined: None,
             expected,
+            gzip: encoding.gzip().map(|min_bytes| (min_bytes, Tally::default())),
+        }
+    }
+
+    /// Adds the stream's own frame (a keepalive, a closing frame, an event with its own id).
+    fn push_own(&mut self, frame: Bytes) {
+        match &mut self.gzip {
+            Some((_, tally)) if !frame.is_empty() => {
+                let piece = Piece::stored(&frame);
+                *tally = tally.then(piece.tally);
+                self.push(piece.bytes);
+            }
+            _ => self.push(frame),
+        }
+    }
+
+    /// Adds an event as every recipient of `encoding` shares it.
+    fn push_event(&mut self, event: &Event, encoding: Encoding) {
+        match &mut self.gzip {
+            Some((min_bytes, tally)) => {
+                let piece = event.sse_gzip(*min_bytes);
+                *tally = tally.then(piece.tally);
+                let bytes = piece.bytes.clone();
+                self.push(bytes);
+            }
+            None => self.push(encoding.event(event)),
         }
     }
 

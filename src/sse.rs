@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::broker::Truncation;
 use crate::hub::Shard;
 use crate::session::{Chunk, Connected, Framing, Session};
+use crate::wire::gzip::{self, Tally};
 use crate::wire::Encoding;
 
 /// `retry: <ms>` — how long the client waits before reconnecting.
@@ -38,15 +39,17 @@ pub fn expired_frame() -> Bytes {
 }
 
 /// The SSE framing of a session: `retry:` and `connected` first, `history.truncated` when a
-/// replay cannot start where asked, and every event as its shared, pre-encoded frame.
+/// replay cannot start where asked, and every event as its shared, pre-encoded frame (plain,
+/// or a piece of a gzip stream).
 pub struct SseFraming {
     /// `sse.retry_ms`, sent at connect.
     pub retry_ms: u64,
+    pub encoding: Encoding,
 }
 
 impl Framing for SseFraming {
     fn encoding(&self) -> Encoding {
-        Encoding::Sse
+        self.encoding
     }
 
     fn opening(&self, connected: &Connected) -> Bytes {
@@ -76,11 +79,42 @@ pub struct EventStream {
     session: Session<SseFraming>,
     /// This worker's delivery counters.
     shard: Arc<Shard>,
+    /// A compressed stream's state: 16 bytes, no compressor.
+    gzip: Option<GzipState>,
+}
+
+/// Where a compressed stream is: the tally of what it sent so far, for its trailer.
+struct GzipState {
+    min_bytes: u32,
+    sent: Tally,
+    started: bool,
+    ended: bool,
+}
+
+impl GzipState {
+    /// `wire` (pieces standing for `tally`), behind the gzip header if it is the first.
+    fn write(&mut self, wire: Bytes, tally: Tally) -> Bytes {
+        self.sent = self.sent.then(tally);
+        if self.started {
+            return wire;
+        }
+        self.started = true;
+        let mut out = BytesMut::with_capacity(gzip::HEADER.len() + wire.len());
+        out.put_slice(&gzip::HEADER);
+        out.put_slice(&wire);
+        out.freeze()
+    }
 }
 
 impl EventStream {
     pub fn new(session: Session<SseFraming>, shard: Arc<Shard>) -> Self {
-        Self { session, shard }
+        let gzip = session.framing().encoding.gzip().map(|min_bytes| GzipState {
+            min_bytes,
+            sent: Tally::default(),
+            started: false,
+            ended: false,
+        });
+        Self { session, shard, gzip }
     }
 }
 
@@ -89,19 +123,40 @@ impl Stream for EventStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.gzip.as_ref().is_some_and(|gzip| gzip.ended) {
+            return Poll::Ready(None);
+        }
         match this.session.poll_chunk(cx) {
-            Poll::Ready(Some(Chunk::Bytes(bytes))) => Poll::Ready(Some(Ok(bytes))),
+            Poll::Ready(Some(Chunk::Bytes(bytes))) => Poll::Ready(Some(Ok(match &mut this.gzip {
+                // The opening, a replay page: compressed here as one unit.
+                Some(gzip) => {
+                    let piece = gzip::Piece::compressed(&bytes, gzip.min_bytes);
+                    gzip.write(piece.bytes, piece.tally)
+                }
+                None => bytes,
+            }))),
             Poll::Ready(Some(Chunk::Live {
                 bytes,
                 events,
                 oldest,
+                gzip: tally,
             })) => {
                 if let Some(received_at) = oldest {
                     this.shard.stats().observe_delivery(events, received_at.elapsed());
                 }
-                Poll::Ready(Some(Ok(bytes)))
+                Poll::Ready(Some(Ok(match (&mut this.gzip, tally) {
+                    (Some(gzip), Some(tally)) => gzip.write(bytes, tally),
+                    _ => bytes,
+                })))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => match &mut this.gzip {
+                // A clean end closes the gzip stream, so decoders see a complete, checked body.
+                Some(gzip) if gzip.started && !gzip.ended => {
+                    gzip.ended = true;
+                    Poll::Ready(Some(Ok(Bytes::copy_from_slice(&gzip.sent.trailer()))))
+                }
+                _ => Poll::Ready(None),
+            },
             Poll::Pending => Poll::Pending,
         }
     }

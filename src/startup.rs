@@ -293,7 +293,7 @@ impl Application {
 /// `reconnect` message and a `1001` close.
 fn drain_frame(encoding: Encoding, retry_ms: u64) -> Bytes {
     match encoding {
-        Encoding::Sse => sse::retry_frame(retry_ms),
+        Encoding::Sse | Encoding::SseGzip { .. } => sse::retry_frame(retry_ms),
         Encoding::Ws | Encoding::WsDeflate { .. } => websocket::drain_frames(retry_ms),
     }
 }
@@ -324,7 +324,7 @@ async fn wait_for_signal() {
 /// for all streams instead of two per stream.
 async fn housekeeping(hub: Arc<Hub>, keepalive_secs: u64, shutdown: Shutdown) {
     let expired = PerEncoding::build(|encoding| match encoding {
-        Encoding::Sse => sse::expired_frame(),
+        Encoding::Sse | Encoding::SseGzip { .. } => sse::expired_frame(),
         Encoding::Ws | Encoding::WsDeflate { .. } => websocket::expired_frames(),
     });
     let mut interval = tokio::time::interval(Duration::from_secs(1));
@@ -336,7 +336,7 @@ async fn housekeeping(hub: Arc<Hub>, keepalive_secs: u64, shutdown: Shutdown) {
         }
         let now = time::OffsetDateTime::now_utc();
         let keepalive = PerEncoding::build(|encoding| match encoding {
-            Encoding::Sse => sse::keepalive_frame(now),
+            Encoding::Sse | Encoding::SseGzip { .. } => sse::keepalive_frame(now),
             Encoding::Ws | Encoding::WsDeflate { .. } => websocket::keepalive_message(now),
         });
         hub.tick(unix_secs(), keepalive_secs, &keepalive, &expired);

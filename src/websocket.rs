@@ -456,6 +456,7 @@ impl Stream for WsStream {
                 bytes,
                 events,
                 oldest,
+                ..
             })) => {
                 if let Some(received_at) = oldest {
                     this.shard.stats().observe_delivery(events, received_at.elapsed());

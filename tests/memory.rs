@@ -83,6 +83,14 @@ fn open_sse(port: u16, token: &str) -> TcpStream {
     open(port, &request, b"event: connected")
 }
 
+/// A compressed SSE stream: read until its opening (a stored piece after the gzip header).
+fn open_sse_gzip(port: u16, token: &str) -> TcpStream {
+    let request = format!(
+        "GET /api/events HTTP/1.1\r\nHost: localhost\r\nAccept-Encoding: gzip\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    open(port, &request, b"event: connected")
+}
+
 /// A WebSocket, offering `extensions` when not empty.
 fn open_ws(port: u16, token: &str, extensions: &str) -> TcpStream {
     let offer = if extensions.is_empty() {
@@ -144,6 +152,11 @@ fn assert_within_budget(what: &str, per_stream: isize) {
 #[test]
 fn an_idle_stream_costs_less_than_4_kb_of_heap() {
     assert_within_budget("idle SSE stream", heap_per_idle_stream(open_sse));
+}
+
+#[test]
+fn an_idle_compressed_stream_costs_less_than_4_kb_of_heap() {
+    assert_within_budget("idle gzip SSE stream", heap_per_idle_stream(open_sse_gzip));
 }
 
 #[test]

@@ -13,6 +13,7 @@ use crate::hub::Shard;
 use crate::policy::TypeFilter;
 use crate::session::{OpenRequest, Start};
 use crate::sse::{EventStream, SseFraming};
+use crate::wire::Encoding;
 
 /// Largest accepted acknowledgement body.
 const ACK_BODY_LIMIT: usize = 4096;
@@ -152,16 +153,51 @@ pub async fn stream(
         types: query.types,
     };
     let shard = shard.into_inner();
+    let compression = &state.settings.compression;
+    let gzip = compression.enabled && accepts_gzip(&request);
+    let encoding = if gzip {
+        Encoding::SseGzip {
+            min_bytes: compression.min_bytes,
+        }
+    } else {
+        Encoding::Sse
+    };
     let framing = SseFraming {
         retry_ms: state.settings.sse.retry_ms,
+        encoding,
     };
     let session = state.sessions.open(&claims, open, shard.clone(), framing).await?;
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
-        .insert_header((header::CONTENT_ENCODING, "identity"))
+        .insert_header((header::CONTENT_ENCODING, if gzip { "gzip" } else { "identity" }))
+        .insert_header((header::VARY, "Accept-Encoding"))
         .streaming(EventStream::new(session, shard)))
+}
+
+/// Whether the client's `Accept-Encoding` takes `gzip` (named, or `*`, with a non-zero `q`).
+fn accepts_gzip(request: &HttpRequest) -> bool {
+    let mut gzip = None;
+    let mut any = None;
+    let offers = request
+        .headers()
+        .get_all(header::ACCEPT_ENCODING)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','));
+    for offer in offers {
+        let mut parts = offer.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let quality = parts
+            .find_map(|param| param.strip_prefix("q=").or_else(|| param.strip_prefix("Q=")))
+            .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
+        match coding.as_str() {
+            "gzip" | "x-gzip" => gzip = Some(quality > 0.0),
+            "*" => any = Some(quality > 0.0),
+            _ => {}
+        }
+    }
+    gzip.or(any).unwrap_or(false)
 }
 
 #[derive(Deserialize)]

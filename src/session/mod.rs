@@ -22,6 +22,7 @@ use crate::event::{EventId, OrgId};
 use crate::hub::{Opening, Output, ReplayMarks, Shard, Subscriber};
 use crate::limits::{RateLimiter, StreamSlot, StreamSlots};
 use crate::policy::{Policy, PolicyError, TypeFilter, Viewer};
+use crate::wire::gzip::Tally;
 use crate::wire::Encoding;
 
 /// Most bytes of replayed events handed to the transport at once.
@@ -391,14 +392,17 @@ pub struct Session<F: Framing> {
 
 /// What the session has for its transport now.
 pub enum Chunk {
-    /// Bytes to write.
+    /// Bytes to write as they are in the stream's plain framing (its opening, a replay page):
+    /// a gzip stream's transport compresses them as one unit.
     Bytes(Bytes),
     /// Bytes to write holding this many live events, the oldest received at that instant
-    /// (for the delivery metrics).
+    /// (for the delivery metrics), already in the stream's encoding; for a gzip stream, with
+    /// the tally of what its pieces stand for.
     Live {
         bytes: Bytes,
         events: u64,
         oldest: Option<std::time::Instant>,
+        gzip: Option<Tally>,
     },
 }
 
@@ -465,10 +469,12 @@ impl<F: Framing> Session<F> {
                 bytes,
                 events,
                 oldest,
+                gzip,
             } => Poll::Ready(Some(Chunk::Live {
                 bytes,
                 events,
                 oldest,
+                gzip,
             })),
             Output::Pending => Poll::Pending,
             Output::Ended => Poll::Ready(None),

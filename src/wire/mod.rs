@@ -3,6 +3,7 @@
 //! few frames that are the stream's own (keepalives, closing frames). No IO.
 
 pub mod deflate;
+pub mod gzip;
 pub mod ws;
 
 use bytes::Bytes;
@@ -14,6 +15,10 @@ use crate::event::Event;
 pub enum Encoding {
     /// `text/event-stream` frames.
     Sse,
+    /// `text/event-stream` in one gzip stream (`Content-Encoding: gzip`): each event's frame is
+    /// a piece compressed once per replica (stored when under `min_bytes`), the stream's own
+    /// bytes are stored pieces, and a catch-up burst is compressed as one unit (`gzip`).
+    SseGzip { min_bytes: u32 },
     /// One WebSocket text message per event.
     Ws,
     /// WebSocket with `permessage-deflate` (no context takeover): events of at least
@@ -23,28 +28,39 @@ pub enum Encoding {
 
 impl Encoding {
     /// Every encoding, for tables built once per tick (`PerEncoding`).
-    const COUNT: usize = 3;
+    const COUNT: usize = 4;
 
     fn index(self) -> usize {
         match self {
             Self::Sse => 0,
             Self::Ws => 1,
             Self::WsDeflate { .. } => 2,
+            Self::SseGzip { .. } => 3,
+        }
+    }
+
+    /// For a gzip stream, the size under which an event is stored rather than compressed.
+    pub fn gzip(self) -> Option<u32> {
+        match self {
+            Self::SseGzip { min_bytes } => Some(min_bytes),
+            _ => None,
         }
     }
 
     /// The transport, for logs and metrics.
     pub fn transport(self) -> &'static str {
         match self {
-            Self::Sse => "sse",
+            Self::Sse | Self::SseGzip { .. } => "sse",
             Self::Ws | Self::WsDeflate { .. } => "ws",
         }
     }
 
-    /// `event` as every recipient in this encoding receives it (with its id if durable).
+    /// `event` as every recipient in this encoding receives it (with its id if durable). A gzip
+    /// stream gets the plain frame here, as the rest of a chunk its transport compresses as
+    /// one unit (a replay page); the hub writes its shared piece instead (`Event::sse_gzip`).
     pub fn event(self, event: &Event) -> Bytes {
         match self {
-            Self::Sse => event.frame().clone(),
+            Self::Sse | Self::SseGzip { .. } => event.frame().clone(),
             Self::Ws => event.ws().frame.clone(),
             Self::WsDeflate { min_bytes } => match event.ws_deflated(min_bytes) {
                 Some(deflated) => deflated.frame.clone(),
@@ -57,7 +73,7 @@ impl Encoding {
     /// would skip them.
     pub fn event_without_id(self, event: &Event) -> Bytes {
         match self {
-            Self::Sse => event.frame_without_id(),
+            Self::Sse | Self::SseGzip { .. } => event.frame_without_id(),
             Self::Ws | Self::WsDeflate { .. } => self.event_with_tail(event, ws::TAIL_WITHOUT_ID),
         }
     }
@@ -66,7 +82,7 @@ impl Encoding {
     /// shared encoding is copied once, with the cursor after it.
     pub fn event_with_cursor(self, event: &Event, position: &str) -> Bytes {
         match self {
-            Self::Sse => {
+            Self::Sse | Self::SseGzip { .. } => {
                 let body = event.frame_body();
                 let mut frame = Vec::with_capacity(body.len() + position.len() + 6);
                 frame.extend_from_slice(&body);
@@ -97,7 +113,7 @@ impl Encoding {
     /// What a stream cut as a slow consumer is sent last, if anything (SSE just ends).
     pub fn slow_consumer_close(self) -> Option<Bytes> {
         match self {
-            Self::Sse => None,
+            Self::Sse | Self::SseGzip { .. } => None,
             Self::Ws | Self::WsDeflate { .. } => Some(ws::close_frame(ws::CLOSE_SLOW, "slow consumer")),
         }
     }
@@ -113,6 +129,7 @@ impl PerEncoding {
             frame(Encoding::Sse),
             frame(Encoding::Ws),
             frame(Encoding::WsDeflate { min_bytes: 0 }),
+            frame(Encoding::SseGzip { min_bytes: 0 }),
         ])
     }
 

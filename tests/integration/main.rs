@@ -6,6 +6,7 @@ mod common;
 
 mod auth;
 mod cluster;
+mod compression;
 mod console;
 mod embedded;
 mod hardening;
