@@ -21,14 +21,19 @@ pub fn retry_frame(millis: u64) -> Bytes {
     Bytes::from(format!("retry: {millis}\n\n"))
 }
 
-/// `event: keepalive` with the current time; one frame shared by every idle stream of a tick.
-pub fn keepalive_frame(now: time::OffsetDateTime) -> Bytes {
+/// What a keepalive says, in every transport: the current time, to the second.
+pub fn keepalive_data(now: time::OffsetDateTime) -> serde_json::Value {
     let time = now
         .replace_nanosecond(0)
         .unwrap_or(now)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    Bytes::from(format!("event: keepalive\ndata: {}\n\n", json!({ "time": time })))
+    json!({ "time": time })
+}
+
+/// `event: keepalive` with the current time; one frame shared by every idle stream of a tick.
+pub fn keepalive_frame(now: time::OffsetDateTime) -> Bytes {
+    Bytes::from(format!("event: keepalive\ndata: {}\n\n", keepalive_data(now)))
 }
 
 /// `event: auth.expired`, sent before a stream whose token expired is closed.

@@ -51,12 +51,7 @@ pub fn drain_frames(retry_ms: u64) -> Bytes {
 
 /// `keepalive` with the current time; one message shared by every idle WebSocket of a tick.
 pub fn keepalive_message(now: time::OffsetDateTime) -> Bytes {
-    let time = now
-        .replace_nanosecond(0)
-        .unwrap_or(now)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    ws::message("keepalive", &json!({ "time": time }))
+    ws::message("keepalive", &crate::sse::keepalive_data(now))
 }
 
 fn join(frames: &[Bytes]) -> Bytes {

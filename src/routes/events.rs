@@ -5,6 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::{read_body, AppState};
+use crate::auth::Claims;
 use crate::clock::unix_secs;
 use crate::cursor::DecodedCursor;
 use crate::error::ApiError;
@@ -117,7 +118,7 @@ pub fn start_of(request: &HttpRequest, query: &EventsQuery) -> Result<Option<Sta
 }
 
 /// The client's IP for rate limiting: the peer, or the forwarded client when configured.
-pub fn client_ip(request: &HttpRequest, trust_forwarded_for: bool) -> String {
+fn client_ip(request: &HttpRequest, trust_forwarded_for: bool) -> String {
     let info = request.connection_info();
     let address = if trust_forwarded_for {
         info.realip_remote_addr()
@@ -127,26 +128,32 @@ pub fn client_ip(request: &HttpRequest, trust_forwarded_for: bool) -> String {
     address.unwrap_or("unknown").to_string()
 }
 
-/// Opens a stream. `shard` holds this worker's connections.
-pub async fn stream(
-    request: HttpRequest,
-    state: web::Data<AppState>,
-    shard: web::Data<Shard>,
-) -> Result<HttpResponse, ApiError> {
+/// What every transport checks before a stream is opened: not draining, the per-IP connect
+/// rate, then the token.
+pub fn admit(request: &HttpRequest, state: &AppState) -> Result<Claims, ApiError> {
     if state.shutdown.is_draining() {
         return Err(ApiError::Draining);
     }
     let limits = &state.settings.limits;
     if !state
         .ip_rate
-        .allow(&client_ip(&request, limits.trust_forwarded_for), unix_secs())
+        .allow(&client_ip(request, limits.trust_forwarded_for), unix_secs())
     {
         return Err(ApiError::RateLimited(format!(
             "more than {} new streams per second from this address",
             limits.connect_rate_per_ip
         )));
     }
-    let claims = state.authenticate(&request)?;
+    state.authenticate(request)
+}
+
+/// Opens a stream. `shard` holds this worker's connections.
+pub async fn stream(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    shard: web::Data<Shard>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = admit(&request, &state)?;
     let query = EventsQuery::parse(request.query_string())?;
     let open = OpenRequest {
         start: start_of(&request, &query)?,

@@ -4,10 +4,9 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::events::{client_ip, start_of, EventsQuery};
+use super::events::{admit, start_of, EventsQuery};
 use super::AppState;
 use crate::auth::token_is_cookie;
-use crate::clock::unix_secs;
 use crate::error::ApiError;
 use crate::hub::Shard;
 use crate::session::OpenRequest;
@@ -97,20 +96,7 @@ pub async fn upgrade(
     state: web::Data<AppState>,
     shard: web::Data<Shard>,
 ) -> Result<HttpResponse, ApiError> {
-    if state.shutdown.is_draining() {
-        return Err(ApiError::Draining);
-    }
-    let limits = &state.settings.limits;
-    if !state
-        .ip_rate
-        .allow(&client_ip(&request, limits.trust_forwarded_for), unix_secs())
-    {
-        return Err(ApiError::RateLimited(format!(
-            "more than {} new streams per second from this address",
-            limits.connect_rate_per_ip
-        )));
-    }
-    let claims = state.authenticate(&request)?;
+    let claims = admit(&request, &state)?;
     check_origin(&request, &state)?;
     // A role that may not subscribe is refused before the handshake is even read.
     state.policy.viewer(&claims, None)?;
