@@ -40,6 +40,9 @@ pub enum ApiError {
     #[error("no such endpoint")]
     NotFound,
     /// The method the endpoint does answer, for the `Allow` header.
+    /// The console's development tokens are for this machine only.
+    #[error("development tokens are minted only for clients on this machine")]
+    NotLocal,
     /// A WebSocket authenticated by cookie, opened from a page of another origin.
     #[error("this origin may not open a WebSocket with the gateway's cookie: {0}")]
     OriginForbidden(String),
@@ -111,6 +114,7 @@ impl ApiError {
             Self::Forbidden(PolicyError::OrgNotInToken(_)) => "org_forbidden",
             Self::Forbidden(_) => "role_forbidden",
             Self::OriginForbidden(_) => "origin_forbidden",
+            Self::NotLocal => "not_local",
             Self::BadRequest { code, .. } | Self::TooLarge { code, .. } => code,
             Self::BodyTimeout(_) => "body_timeout",
             Self::NotReady(_) => "not_ready",
@@ -131,7 +135,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) | Self::OriginForbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::OriginForbidden(_) | Self::NotLocal => StatusCode::FORBIDDEN,
             Self::BadRequest { .. } | Self::BrokerRejected(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,

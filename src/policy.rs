@@ -56,6 +56,11 @@ impl Policy {
         Self { roles }
     }
 
+    /// Whether `role` is one of `policy.roles`.
+    pub fn knows(&self, role: &str) -> bool {
+        self.roles.contains_key(role)
+    }
+
     fn rule(&self, role: &str) -> Option<&RoleRule> {
         self.roles.get(role)
     }

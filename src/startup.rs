@@ -190,6 +190,9 @@ impl Application {
             sessions,
             ip_rate: RateLimiter::new(settings.limits.connect_rate_per_ip),
             shutdown: shutdown.clone(),
+            dev_minter: generated_secret
+                .as_ref()
+                .map(|secret| TokenMinter::new(secret, &settings.auth)),
         });
         // An idle stream then holds no 8 KiB read/write buffers: ~3.5 KB instead of ~12 KB.
         actix_http::h1::set_release_idle_buffers(true);

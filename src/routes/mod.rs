@@ -20,7 +20,7 @@ use actix_web::http::{header, Method};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::auth::{extract_token, redact_query, AuthError, Claims, JwtVerifier};
+use crate::auth::{extract_token, redact_query, AuthError, Claims, JwtVerifier, TokenMinter};
 use crate::broker::{Broker, Registry};
 use crate::error::ApiError;
 use crate::hub::Hub;
@@ -43,6 +43,8 @@ pub struct AppState {
     pub sessions: Sessions,
     pub ip_rate: RateLimiter,
     pub shutdown: Shutdown,
+    /// Mints development tokens for the console, only when the gateway generated its secret.
+    pub dev_minter: Option<TokenMinter>,
 }
 
 impl AppState {
@@ -92,6 +94,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(endpoint("/readyz", Answers::Get, web::get().to(health::readyz)))
         .service(endpoint("/metrics", Answers::Get, web::get().to(health::metrics)))
         .service(endpoint("/console", Answers::Get, web::get().to(console::page)))
+        .service(endpoint(
+            "/console/token",
+            Answers::Post,
+            web::post().to(console::dev_token),
+        ))
         .service(endpoint(
             "/openapi.json",
             Answers::Get,

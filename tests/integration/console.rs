@@ -76,3 +76,49 @@ async fn in_a_browser_the_console_streams_publishes_filters_and_counts_connectio
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A gateway that generated its own secret (none configured): the console may mint tokens.
+async fn spawn_demo_gateway() -> crate::common::gateway::Gateway {
+    spawn_gateway(GatewayOptions::embedded().env("GATEWAY__AUTH__JWT_SECRET", "")).await
+}
+
+async fn mint(gateway: &crate::common::gateway::Gateway, body: serde_json::Value) -> reqwest::Response {
+    send(gateway.http().post(gateway.url("/console/token")).json(&body)).await
+}
+
+#[tokio::test]
+async fn with_a_generated_secret_the_console_mints_tokens_the_gateway_accepts() {
+    let gateway = spawn_demo_gateway().await;
+    let response = mint(
+        &gateway,
+        serde_json::json!({"sub": "dev", "role": "ops", "orgs": ["demo-org"]}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    let token = body["token"].as_str().expect("a token");
+    let mut stream = gateway.connect(token, "").await;
+    assert_eq!(stream.expect_connected().await["userId"], "dev");
+}
+
+#[tokio::test]
+async fn with_a_configured_secret_no_token_is_minted() {
+    let gateway = spawn_gateway(GatewayOptions::embedded()).await;
+    let response = mint(
+        &gateway,
+        serde_json::json!({"sub": "dev", "role": "ops", "orgs": ["demo-org"]}),
+    )
+    .await;
+    assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[tokio::test]
+async fn a_dev_token_for_a_role_the_policy_does_not_know_is_refused() {
+    let gateway = spawn_demo_gateway().await;
+    let response = mint(
+        &gateway,
+        serde_json::json!({"sub": "dev", "role": "admin", "orgs": ["demo-org"]}),
+    )
+    .await;
+    assert_error(response, StatusCode::BAD_REQUEST, "invalid_body").await;
+}

@@ -34,6 +34,7 @@ async fn the_openapi_document_describes_every_endpoint() {
             "/api/publish",
             "/api/ws",
             "/console",
+            "/console/token",
             "/healthz",
             "/metrics",
             "/openapi.json",
