@@ -362,6 +362,8 @@ pub struct Event {
     ws_deflated: OnceLock<Option<DeflatedEvent>>,
     /// The frame as a piece of gzip streams, built when a compressed stream first needs it.
     sse_gzip: OnceLock<Piece>,
+    /// `frame_body` as a piece of gzip streams, for streams that write their own `id:` after it.
+    sse_gzip_body: OnceLock<Piece>,
     /// When this replica received the event, for `gateway_fanout_seconds`.
     pub received_at: Instant,
 }
@@ -390,6 +392,7 @@ impl Event {
             ws: OnceLock::new(),
             ws_deflated: OnceLock::new(),
             sse_gzip: OnceLock::new(),
+            sse_gzip_body: OnceLock::new(),
             received_at: Instant::now(),
         }
     }
@@ -463,6 +466,14 @@ impl Event {
     pub fn sse_gzip(&self, min_bytes: u32) -> &Piece {
         self.sse_gzip
             .get_or_init(|| Piece::compressed(&self.frame, min_bytes))
+    }
+
+    /// `frame_body` (the frame without its `id:` line and closing blank line) as a piece of a
+    /// gzip stream, built once per replica: streams with a resume cursor write it, then their
+    /// own `id:` line as a stored piece.
+    pub fn sse_gzip_body(&self, min_bytes: u32) -> &Piece {
+        self.sse_gzip_body
+            .get_or_init(|| Piece::compressed(&self.frame_body(), min_bytes))
     }
 
     /// The event's compressed WebSocket message, compressed once per replica, or `None` when

@@ -684,7 +684,7 @@ fn push_frame(frames: &mut Chunk, cursor: &mut Option<Box<Cursor>>, encoding: En
     match (cursor, event.id) {
         (Some(cursor), Some(id)) => {
             cursor.advance(&event.org, id);
-            frames.push_own(encoding.event_with_cursor(event, &cursor.encode()));
+            frames.push_event_with_cursor(event, encoding, &cursor.encode());
         }
         _ => frames.push_event(event, encoding),
     }
@@ -721,6 +721,21 @@ impl Chunk {
                 self.push(piece.bytes);
             }
             _ => self.push(frame),
+        }
+    }
+
+    /// Adds an event carrying a stream's own cursor: in a gzip stream, the event's shared
+    /// piece without its id, then the cursor line as a stored piece.
+    fn push_event_with_cursor(&mut self, event: &Event, encoding: Encoding, position: &str) {
+        match &mut self.gzip {
+            Some((min_bytes, tally)) => {
+                let body = event.sse_gzip_body(*min_bytes);
+                *tally = tally.then(body.tally);
+                let bytes = body.bytes.clone();
+                self.push(bytes);
+                self.push_own(Bytes::from(format!("id: {position}\n\n")));
+            }
+            None => self.push(encoding.event_with_cursor(event, position)),
         }
     }
 
@@ -1103,6 +1118,50 @@ mod tests {
         );
         shard.tick(15, 5, &keepalive, &expired);
         assert_eq!(text(subscriber.take(&waker, &ReplayMarks::default())), "ka\n\n");
+    }
+
+    #[test]
+    fn a_gzip_streams_chunk_decodes_to_the_plain_frames_with_its_own_cursor() {
+        use std::io::Read;
+        let shard = Shard::detached(8);
+        let opening = Opening {
+            encoding: Encoding::SseGzip { min_bytes: 0 },
+            now: 0,
+            replaying: false,
+        };
+        let subscriber = shard.register(viewer("ops", &["o1", "o2"]), "ops", u64::MAX, opening);
+        let orgs = [
+            OrgId::parse("o1").expect("valid"),
+            OrgId::parse("o2").expect("valid"),
+        ];
+        subscriber.track_cursor(Cursor::starting(&orgs, |_| crate::cursor::Position::From(0)));
+        shard.publish(&event("o1", Some(1), "normal", 1));
+        shard.publish(&event("o2", None, "normal", 2));
+        let (waker, _) = noop_waker();
+        let Output::Frames {
+            bytes,
+            gzip: Some(tally),
+            ..
+        } = subscriber.take(&waker, &ReplayMarks::default())
+        else {
+            panic!("a gzip chunk");
+        };
+        let mut stream = crate::wire::gzip::HEADER.to_vec();
+        stream.extend_from_slice(&bytes);
+        stream.extend_from_slice(&tally.trailer());
+        let mut plain = String::new();
+        flate2::read::GzDecoder::new(&stream[..])
+            .read_to_string(&mut plain)
+            .expect("a valid gzip stream whose CRC and length hold");
+        let mut cursor = Cursor::starting(&orgs, |_| crate::cursor::Position::From(0));
+        cursor.advance(&orgs[0], EventId { millis: 1, seq: 1 });
+        assert_eq!(
+            plain,
+            format!(
+                "event: a.b\ndata: {{\"n\":1}}\nid: {}\n\nevent: a.b\ndata: {{\"n\":2}}\n\n",
+                cursor.encode()
+            )
+        );
     }
 
     #[test]
