@@ -7,6 +7,7 @@ mod common;
 mod auth;
 mod cluster;
 mod compression;
+mod compression_clients;
 mod console;
 mod embedded;
 mod hardening;
