@@ -178,6 +178,8 @@ pub async fn stream(
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
+        // `identity` said explicitly: proxies and CDNs leave a response that names its
+        // encoding alone instead of compressing (and buffering) the stream themselves.
         .insert_header((header::CONTENT_ENCODING, if gzip { "gzip" } else { "identity" }))
         .insert_header((header::VARY, "Accept-Encoding"))
         .streaming(EventStream::new(session, shard)))
