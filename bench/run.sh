@@ -16,6 +16,12 @@
 #            ws-<same> and wsz-<same> for any gateway scenario but replay-storm: the streams over
 #            WebSocket (GET /api/ws), wsz- offering permessage-deflate (e.g. ws-idle10k,
 #            ws-fanout50, wsz-fanout200, ws-filtered, cluster-ws-fanout50).
+#            Compression of SSE: fanout50-300 (fanout50 with realistic 300 B events), bytes-200,
+#            bytes-300, bytes-2k (bytes per delivered event, 20 streams, realistic events),
+#            bytes-pad300 (300 B of padding: what one repeated character compresses to), replay10k
+#            (one client replays 10,000 realistic 300 B durable events, since=0); gzip-<same> for
+#            any SSE gateway scenario: the streams (and replays) send Accept-Encoding: gzip (e.g.
+#            gzip-fanout50-300, gzip-bytes-2k, gzip-replay10k, cluster-gzip-fanout50).
 # Never touches a shared Redis: each run starts its own redis-server on a free port. The server
 # processes measured are found from the listening port (the gateway; nginx master + workers).
 set -euo pipefail
@@ -169,6 +175,16 @@ scenario_args() {
         http50) echo "-n 2000 --orgs 1 --roles ops --rate 50 --duration 20 --via http" ;;
         # 20 clients replay 5,000 events of 8 KB (since=0) while 200 streams take 20 live ev/s.
         replay-storm) echo "-n 200 --orgs 1 --roles ops --rate 20 --duration 30 --replayers 20 --history 5000 --history-pad 8192" ;;
+        # Compression: realistic events (varied ticket fields), identity or gzip- streams.
+        fanout50-300) echo "-n 2000 --orgs 1 --roles ops --rate 50 --duration 20 --shape realistic --event-bytes 300" ;;
+        # Bytes per delivered event: few streams suffice.
+        bytes-200) echo "-n 20 --orgs 1 --roles ops --rate 50 --duration 10 --shape realistic --event-bytes 200" ;;
+        bytes-300) echo "-n 20 --orgs 1 --roles ops --rate 50 --duration 10 --shape realistic --event-bytes 300" ;;
+        bytes-2k) echo "-n 20 --orgs 1 --roles ops --rate 50 --duration 10 --shape realistic --event-bytes 2048" ;;
+        bytes-pad300) echo "-n 20 --orgs 1 --roles ops --rate 50 --duration 10 --shape pad --event-bytes 300" ;;
+        # One client replays 10,000 durable 300 B events from since=0 (the gateway's default
+        # history.max_events_per_org keeps exactly 10,000); one idle live stream.
+        replay10k) echo "-n 1 --orgs 1 --roles ops --rate 0 --replayers 1 --history 10000 --shape realistic --history-bytes 300 --replay-timeout 60" ;;
         *) echo "unknown scenario $1" >&2; return 1 ;;
     esac
 }
@@ -180,9 +196,13 @@ run_one() { # run_one <scenario> <run number>
     case $base in
         ws-*) base=${base#ws-}; transport_args="--transport ws" ;;
         wsz-*) base=${base#wsz-}; transport_args="--transport ws --ws-deflate" ;;
+        gzip-*) base=${base#gzip-}; transport_args="--accept-encoding gzip" ;;
     esac
     if [[ -n $transport_args && ($scenario == nchan-* || $scenario == pump-*) ]]; then
-        echo "$scenario: Nchan and the pump are measured over SSE only" >&2; return 1
+        echo "$scenario: Nchan and the pump are measured over identity SSE only" >&2; return 1
+    fi
+    if [[ $transport_args == --transport* && $base == replay* ]]; then
+        echo "$scenario: the replaying clients speak SSE only" >&2; return 1
     fi
     args="$(scenario_args "$base") $transport_args"
     if [[ $scenario == cluster-* ]]; then

@@ -16,7 +16,7 @@ use tokio::io::Interest;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
-use crate::sse::{parse_head, ChunkDecoder, SseDecoder, SseEvent};
+use crate::sse::{parse_head, SseBody, SseEvent};
 use crate::tally::ConnTally;
 use crate::ws::{self, FrameDecoder, Inflater};
 
@@ -34,6 +34,24 @@ pub enum Transport {
     Sse,
     /// WebSocket (`GET /api/ws`): one JSON text message per event.
     Ws,
+}
+
+/// What an SSE request accepts as `Content-Encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AcceptEncoding {
+    /// `Accept-Encoding: identity`: the stream as is.
+    Identity,
+    /// `Accept-Encoding: gzip`: a gzip stream, inflated incrementally per connection.
+    Gzip,
+}
+
+impl AcceptEncoding {
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Self::Identity => "identity",
+            Self::Gzip => "gzip",
+        }
+    }
 }
 
 /// When a connection counts as established.
@@ -138,8 +156,16 @@ pub struct ConnRecord {
     /// Reads that returned bytes after the response head: deliveries per read show how many
     /// frames the server sends per write when the client keeps up.
     pub reads: u64,
-    /// Bytes received after the response head (chunk framing or WebSocket framing included).
+    /// Bytes received after the response head (chunk framing or WebSocket framing included,
+    /// compressed as sent).
     pub wire_bytes: u64,
+    /// SSE: bytes of the event stream itself, after the chunk framing and, for a gzip stream,
+    /// once inflated.
+    pub inflated_bytes: u64,
+    /// SSE: the response was `Content-Encoding: gzip`.
+    pub gzip: bool,
+    /// SSE: the gzip stream ended cleanly (final block, CRC-32 and length checked).
+    pub gzip_complete: bool,
     pub ws: WsCounts,
 }
 
@@ -177,6 +203,8 @@ struct Scratch {
     latencies: Vec<u64>,
     /// Made when a thread first reads a compressed message.
     inflater: Option<Box<Inflater>>,
+    /// What gzip streams inflate into, grown when a thread first reads one.
+    inflated: Vec<u8>,
 }
 
 thread_local! {
@@ -184,6 +212,7 @@ thread_local! {
         buffer: vec![0; READ_BUFFER].into_boxed_slice(),
         latencies: Vec::with_capacity(1024),
         inflater: None,
+        inflated: Vec::new(),
     });
 }
 
@@ -258,16 +287,9 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// How the response body is framed.
-enum Body {
-    Chunked(ChunkDecoder),
-    /// Read until the connection closes.
-    Identity,
-}
-
 /// The decoders of one connection.
 enum Decoder {
-    Sse { body: Body, sse: SseDecoder },
+    Sse(SseBody),
     Ws(FrameDecoder),
 }
 
@@ -315,13 +337,14 @@ fn count_event(
 
 impl Receiver<'_> {
     /// Feeds body bytes; returns false when the body has ended. `inflater`: the thread's, made
-    /// on first use.
+    /// on first use; `inflated`: the thread's output buffer for gzip streams.
     fn feed(
         &mut self,
         bytes: &[u8],
         received_ns: u64,
         latencies: &mut Vec<u64>,
         inflater: &mut Option<Box<Inflater>>,
+        inflated: &mut Vec<u8>,
     ) -> Result<bool, String> {
         let Self {
             shared,
@@ -331,23 +354,14 @@ impl Receiver<'_> {
             outgoing,
         } = self;
         match decoder {
-            Decoder::Sse { body, sse } => {
-                let mut on_event = |event: &SseEvent<'_>| {
+            Decoder::Sse(body) => {
+                let fed = body.feed(bytes, inflated, |event: &SseEvent<'_>| {
                     let event = (event.name, event.bench, event.has_id);
                     count_event(shared, record, connected, event, received_ns, latencies);
-                };
-                match body {
-                    Body::Chunked(chunks) => {
-                        chunks
-                            .feed(bytes, |piece| sse.feed(piece, &mut on_event))
-                            .map_err(|e| format!("bad_chunk: {e}"))?;
-                        Ok(!chunks.is_done())
-                    }
-                    Body::Identity => {
-                        sse.feed(bytes, &mut on_event);
-                        Ok(true)
-                    }
-                }
+                });
+                record.inflated_bytes = body.inflated_bytes;
+                record.gzip_complete = body.gzip_complete();
+                fed
             }
             Decoder::Ws(frames) => {
                 frames.feed(bytes, |frame| {
@@ -489,13 +503,12 @@ pub async fn run_connection(
     }
     let mut record = record;
     let decoder = match &expected_accept {
-        None => Decoder::Sse {
-            body: if head.chunked {
-                Body::Chunked(ChunkDecoder::default())
-            } else {
-                Body::Identity
-            },
-            sse: SseDecoder::default(),
+        None => match SseBody::new(&head) {
+            Ok(body) => {
+                record.gzip = body.is_compressed();
+                Decoder::Sse(body)
+            }
+            Err(reason) => return fail(record, reason),
         },
         Some(accept) => match ws::check_upgrade(&head_bytes[..head.len], accept, shared.ws_deflate) {
             Ok(deflate) => {
@@ -541,15 +554,16 @@ pub async fn run_connection(
                 buffer,
                 latencies,
                 inflater,
+                inflated,
             } = &mut *scratch;
             let result = match pending.take() {
-                Some(bytes) => receiver.feed(&bytes, now_nanos(), latencies, inflater),
+                Some(bytes) => receiver.feed(&bytes, now_nanos(), latencies, inflater, inflated),
                 None => match read_available(&stream, buffer) {
                     Ok(0) => Err("eof".to_string()),
                     Ok(n) => {
                         receiver.record.reads += 1;
                         receiver.record.wire_bytes += n as u64;
-                        receiver.feed(&buffer[..n], now_nanos(), latencies, inflater)
+                        receiver.feed(&buffer[..n], now_nanos(), latencies, inflater, inflated)
                     }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(true),
                     Err(error) => Err(io_reason(&error)),
@@ -572,6 +586,10 @@ pub async fn run_connection(
                     Some(Some(code)) => format!("ws_close_{code}"),
                     _ => "ws_close_without_code".to_string(),
                 }),
+                // A gzip stream that ends cleanly ends with its final block and trailer.
+                Ok(false) if receiver.record.gzip && !receiver.record.gzip_complete => {
+                    Err("stream_ended_without_gzip_trailer".to_string())
+                }
                 Ok(false) => Err("stream_ended".to_string()),
                 Err(reason) => Err(reason),
             }
@@ -661,9 +679,11 @@ pub async fn run_connection(
 }
 
 /// The `GET` request of one stream.
-pub fn stream_request(host: &str, path: &str, token: Option<&str>) -> Vec<u8> {
+pub fn stream_request(host: &str, path: &str, token: Option<&str>, encoding: AcceptEncoding) -> Vec<u8> {
     let mut request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nAccept-Encoding: {}\r\n\
+         Cache-Control: no-cache\r\n",
+        encoding.header_value()
     );
     if let Some(token) = token {
         request.push_str("Authorization: Bearer ");
@@ -675,14 +695,17 @@ pub fn stream_request(host: &str, path: &str, token: Option<&str>) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::tally::{SeqSet, Verdict};
     use tokio::sync::Semaphore;
 
     /// A scripted gateway: answers one request with `response`, written in pieces of the given
     /// sizes with a flush between them, then keeps the connection open until told to stop.
-    async fn scripted_server(response: Vec<u8>, pieces: Vec<usize>) -> (SocketAddr, watch::Sender<bool>) {
+    pub(crate) async fn scripted_server(
+        response: Vec<u8>,
+        pieces: Vec<usize>,
+    ) -> (SocketAddr, watch::Sender<bool>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -699,7 +722,7 @@ mod tests {
                     Err(_) => continue,
                 }
             }
-            assert!(request.starts_with(b"GET /api/events HTTP/1.1\r\n"));
+            assert!(request.starts_with(b"GET /api/events"));
             assert!(String::from_utf8_lossy(&request).contains("Authorization: Bearer t0k\r\n"));
             let mut at = 0;
             let mut sizes = pieces.into_iter().cycle();
@@ -739,7 +762,7 @@ mod tests {
         ));
         let (stop_tx, stop_rx) = watch::channel(false);
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.expect("permit");
-        let request = stream_request("127.0.0.1", "/api/events", Some("t0k"));
+        let request = stream_request("127.0.0.1", "/api/events", Some("t0k"), AcceptEncoding::Identity);
         let task = tokio::spawn(run_connection(0, request, shared.clone(), permit, stop_rx));
         let deadline = Instant::now() + Duration::from_secs(5);
         let delivered = event_orgs.len() as u64;
@@ -748,7 +771,8 @@ mod tests {
         }
         // Let anything extra (duplicates) arrive too.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        stop_tx.send(true).expect("stop");
+        // (The stream may have ended already.)
+        let _ = stop_tx.send(true);
         let record = tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .expect("the client stops when told")
@@ -759,11 +783,9 @@ mod tests {
         record
     }
 
-    #[tokio::test]
-    async fn counts_a_known_stream_exactly_whatever_the_cuts() {
-        // 3 orgs; the gateway script delivers 0..60 except 17, plus a duplicate of 20, 41
-        // after 44 (same org: out of order), a durable event, keepalives and comments.
-        let event_orgs: Vec<u32> = (0..60).map(|seq| seq % 3).collect();
+    /// The known stream: 3 orgs; the gateway script delivers 0..60 except 17, plus a duplicate
+    /// of 20, 41 after 44 (same org: out of order), a durable event, keepalives and comments.
+    fn known_frames() -> Vec<Vec<u8>> {
         let mut frames: Vec<Vec<u8>> = vec![
             b"retry: 3000\n\n".to_vec(),
             b"event: connected\ndata: {\"connectionId\":\"1\"}\n\n".to_vec(),
@@ -782,31 +804,186 @@ mod tests {
                 frames.push(b": comment\nevent: keepalive\ndata: {\"time\":\"t\"}\n\n".to_vec());
             }
         }
-        let parts: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        frames
+    }
+
+    /// What the client must count of the known stream.
+    fn assert_known_stream_counted(record: &ConnRecord, case: &str) {
         let expected: SeqSet = (0..60).collect();
+        let verdict = Verdict::of(&expected, &record.tally);
+        assert_eq!(
+            verdict,
+            Verdict {
+                expected: 60,
+                received: 59,
+                lost: 1,
+                unexpected: 0,
+                duplicates: 1,
+                out_of_order: 1,
+                unknown: 0,
+            },
+            "{case}"
+        );
+        assert_eq!(record.tally.deliveries, 60, "{case}");
+        assert_eq!(record.keepalives, 3, "{case}");
+        assert_eq!(record.with_id, 1, "{case}");
+        assert_eq!(record.other_events, 0, "{case}");
+    }
+
+    /// The response head of a gzip stream, then `wire` (a gzip stream) in chunks cut at `ends`
+    /// (the header alone first, then a chunk per block as the gateway flushes them), and the
+    /// last chunk when `last_chunk`.
+    pub(crate) fn gzip_chunked(wire: &[u8], ends: &[usize], last_chunk: bool) -> Vec<u8> {
+        let mut response = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+            Content-Encoding: gzip\r\nvary: accept-encoding\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
+        let mut cuts: Vec<usize> = vec![crate::gzip::tests::HEADER.len()];
+        cuts.extend(ends.iter().copied());
+        cuts.push(wire.len());
+        cuts.dedup();
+        let mut at = 0;
+        for cut in cuts {
+            if cut > at {
+                response.extend_from_slice(format!("{:x}\r\n", cut - at).as_bytes());
+                response.extend_from_slice(&wire[at..cut]);
+                response.extend_from_slice(b"\r\n");
+                at = cut;
+            }
+        }
+        if last_chunk {
+            response.extend_from_slice(b"0\r\n\r\n");
+        }
+        response
+    }
+
+    #[tokio::test]
+    async fn counts_a_known_stream_exactly_whatever_the_cuts() {
+        let event_orgs: Vec<u32> = (0..60).map(|seq| seq % 3).collect();
+        let frames = known_frames();
+        let parts: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        let stream_len = frames.iter().map(Vec::len).sum::<usize>() as u64;
         for pieces in [vec![1], vec![7, 3, 100], vec![4096]] {
-            let record = receive(chunked(&parts), pieces.clone(), &event_orgs).await;
-            let verdict = Verdict::of(&expected, &record.tally);
+            let response = chunked(&parts);
+            let head_len = parse_head(&response).expect("head").expect("head").len;
+            let body_len = (response.len() - head_len) as u64;
+            let record = receive(response, pieces.clone(), &event_orgs).await;
             assert_eq!(record.failure, None, "{pieces:?}");
             assert_eq!(record.dropped, None, "{pieces:?}");
             assert!(record.connect_us.is_some());
-            assert_eq!(
-                verdict,
-                Verdict {
-                    expected: 60,
-                    received: 59,
-                    lost: 1,
-                    unexpected: 0,
-                    duplicates: 1,
-                    out_of_order: 1,
-                    unknown: 0,
-                },
-                "{pieces:?}"
+            assert_known_stream_counted(&record, &format!("{pieces:?}"));
+            assert_eq!((record.gzip, record.gzip_complete), (false, false));
+            assert_eq!(record.wire_bytes, body_len, "{pieces:?}");
+            assert_eq!(record.inflated_bytes, stream_len, "{pieces:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_a_known_gzip_stream_exactly_whatever_the_cuts() {
+        use crate::gzip::tests::{gzip_stream, Block};
+        let event_orgs: Vec<u32> = (0..60).map(|seq| seq % 3).collect();
+        let frames = known_frames();
+        let stream_len = frames.iter().map(Vec::len).sum::<usize>() as u64;
+        let mixed = [
+            Block::Compressed,
+            Block::Stored,
+            Block::Burst,
+            Block::Burst,
+            Block::Compressed,
+        ];
+        for blocks in [&[Block::Compressed][..], &mixed] {
+            let (wire, ends) = gzip_stream(&frames, blocks, false);
+            for pieces in [vec![1], vec![7, 3, 100], vec![4096]] {
+                let case = format!("{blocks:?} {pieces:?}");
+                let response = gzip_chunked(&wire, &ends, false);
+                let head_len = parse_head(&response).expect("head").expect("head").len;
+                let body_len = (response.len() - head_len) as u64;
+                let record = receive(response, pieces.clone(), &event_orgs).await;
+                assert_eq!(record.failure, None, "{case}");
+                assert_eq!(record.dropped, None, "{case}");
+                assert_known_stream_counted(&record, &case);
+                // Compressed, still open (no trailer yet), every byte counted both ways.
+                assert_eq!((record.gzip, record.gzip_complete), (true, false), "{case}");
+                assert_eq!(record.wire_bytes, body_len, "{case}");
+                assert_eq!(record.inflated_bytes, stream_len, "{case}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gzip_stream_that_ends_is_checked_to_its_trailer() {
+        use crate::gzip::tests::{gzip_stream, Block};
+        let event_orgs: Vec<u32> = (0..60).map(|seq| seq % 3).collect();
+        let frames = known_frames();
+        let (clean, clean_ends) = gzip_stream(&frames, &[Block::Compressed], true);
+        let (cut, cut_ends) = gzip_stream(&frames, &[Block::Compressed], false);
+        let mut bad_crc = clean.clone();
+        let at = bad_crc.len() - 8;
+        bad_crc[at] ^= 0xFF;
+        let cases = [
+            (gzip_chunked(&clean, &clean_ends, true), "stream_ended", true),
+            (
+                gzip_chunked(&cut, &cut_ends, true),
+                "stream_ended_without_gzip_trailer",
+                false,
+            ),
+            (
+                gzip_chunked(&bad_crc, &clean_ends, true),
+                "gzip_crc_mismatch",
+                false,
+            ),
+        ];
+        for (response, reason, complete) in cases {
+            let record = receive(response, vec![4096], &event_orgs).await;
+            assert_eq!(record.failure, None, "{reason}");
+            let dropped = record.dropped.clone().unwrap_or_default();
+            assert!(dropped.starts_with(reason), "{reason}: {dropped}");
+            assert_known_stream_counted(&record, reason);
+            assert_eq!(record.gzip_complete, complete, "{reason}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_content_coding_is_a_failure() {
+        let mut response = chunked(&[b"retry: 3000\n\n"]);
+        let at = response
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("status line")
+            + 2;
+        response.splice(at..at, b"content-encoding: br\r\n".iter().copied());
+        let (address, _server_stop) = scripted_server(response, vec![4096]).await;
+        let shared = Arc::new(ClientShared::new(
+            address,
+            Transport::Sse,
+            false,
+            EstablishedOn::Connected,
+            Duration::from_secs(5),
+            Arc::from(Vec::new()),
+        ));
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.expect("permit");
+        let request = stream_request("127.0.0.1", "/api/events", Some("t0k"), AcceptEncoding::Gzip);
+        let record = run_connection(0, request, shared.clone(), permit, stop_rx).await;
+        assert_eq!(
+            record.failure.as_deref(),
+            Some("unsupported_content_encoding: br")
+        );
+    }
+
+    #[test]
+    fn a_stream_request_says_which_encodings_it_accepts() {
+        for (encoding, header) in [
+            (AcceptEncoding::Identity, "Accept-Encoding: identity\r\n"),
+            (AcceptEncoding::Gzip, "Accept-Encoding: gzip\r\n"),
+        ] {
+            let request =
+                String::from_utf8(stream_request("h:1", "/api/events", Some("t"), encoding)).expect("text");
+            assert!(
+                request.starts_with("GET /api/events HTTP/1.1\r\nHost: h:1\r\n"),
+                "{request}"
             );
-            assert_eq!(record.tally.deliveries, 60, "{pieces:?}");
-            assert_eq!(record.keepalives, 3, "{pieces:?}");
-            assert_eq!(record.with_id, 1, "{pieces:?}");
-            assert_eq!(record.other_events, 0, "{pieces:?}");
+            assert!(request.contains(header), "{request}");
+            assert!(request.ends_with("Authorization: Bearer t\r\n\r\n"), "{request}");
         }
     }
 
@@ -830,7 +1007,7 @@ mod tests {
         ));
         let (_stop_tx, stop_rx) = watch::channel(false);
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.expect("permit");
-        let request = stream_request("127.0.0.1", "/api/events", Some("t0k"));
+        let request = stream_request("127.0.0.1", "/api/events", Some("t0k"), AcceptEncoding::Identity);
         let record = run_connection(0, request, shared.clone(), permit, stop_rx).await;
         assert_eq!(record.failure.as_deref(), Some("http_429 rate_limited"));
         assert_eq!(shared.failed.load(Ordering::Relaxed), 1);

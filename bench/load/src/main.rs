@@ -11,6 +11,8 @@
 #![recursion_limit = "256"]
 
 mod client;
+mod gzip;
+mod payload;
 mod plan;
 mod procstat;
 mod publisher;
@@ -35,7 +37,8 @@ use event_gateway::settings::Settings;
 use secrecy::SecretString;
 use tokio::sync::{oneshot, watch, Semaphore};
 
-use client::{ClientShared, ConnRecord, EstablishedOn, Transport};
+use client::{AcceptEncoding, ClientShared, ConnRecord, EstablishedOn, Transport};
+use payload::{Payload, Shape};
 use plan::{Plan, PlanOptions, Roles};
 use procstat::ProcSample;
 use publisher::{PublishOutcome, Publisher, Via};
@@ -137,7 +140,20 @@ struct Args {
     config: Option<PathBuf>,
     #[arg(long, default_value_t = 3600)]
     token_ttl: u64,
-    /// Bytes of padding in each event's data.
+    /// SSE: the `Accept-Encoding` of every stream (and replay). With gzip, a stream answered
+    /// `Content-Encoding: gzip` is inflated as it arrives; the report says how many were.
+    #[arg(long, value_enum, default_value_t = AcceptEncoding::Identity)]
+    accept_encoding: AcceptEncoding,
+    /// What each event's data holds after `seq` and `ts`: one repeated character (`pad`, which
+    /// compresses unrealistically well), or a maintenance ticket of varied fields (`realistic`:
+    /// UUIDs, words, names, numbers, ISO timestamps; live and history events alike).
+    #[arg(long, value_enum, default_value_t = Shape::Pad)]
+    shape: Shape,
+    /// Bytes of each live event's data (about: the JSON the SSE `data:` line carries), in either
+    /// shape. Default: what `--pad` gives (pad), 300 (realistic).
+    #[arg(long, conflicts_with = "pad")]
+    event_bytes: Option<usize>,
+    /// Bytes of padding in each event's data (`--shape pad`).
     #[arg(long, default_value_t = 64)]
     pad: usize,
     /// Seconds to wait after the last handshake before sampling idle memory.
@@ -188,13 +204,20 @@ struct Args {
     /// The gateway's `history.max_events_per_org` must keep them all.
     #[arg(long, default_value_t = 5000)]
     history: u64,
-    /// Bytes of padding in each history event.
+    /// Bytes of padding in each history event (`--shape pad`).
     #[arg(long, default_value_t = 8192)]
     history_pad: usize,
+    /// Bytes of each history event's data (about), in either shape. Default: what
+    /// `--history-pad` gives (pad), the live events' size (realistic).
+    #[arg(long, conflicts_with = "history_pad")]
+    history_bytes: Option<usize>,
     /// Seconds the replays may take from their start.
     #[arg(long, default_value_t = 120.0)]
     replay_timeout: f64,
 }
+
+/// Bytes of a realistic event's data when no size is given.
+const DEFAULT_REALISTIC_BYTES: usize = 300;
 
 /// Where the server is.
 struct Endpoint {
@@ -620,6 +643,9 @@ fn main() -> anyhow::Result<()> {
     } else if args.ws_deflate || args.ws_ping > 0.0 {
         bail!("--ws-deflate and --ws-ping need --transport ws");
     }
+    if args.transport == Transport::Ws && args.accept_encoding != AcceptEncoding::Identity {
+        bail!("--accept-encoding is for SSE streams; WebSocket compression is --ws-deflate");
+    }
     let server_pids = if args.server_pids.is_empty() && endpoint.address.ip().is_loopback() {
         procstat::find_listeners(endpoint.address.port())
     } else {
@@ -646,6 +672,26 @@ fn main() -> anyhow::Result<()> {
     } else {
         0
     };
+    let digits = |n: u64| n.max(1).ilog10() as usize + 1;
+    let live_payload = match (args.shape, args.event_bytes) {
+        (Shape::Pad, None) => Payload::pad(args.pad),
+        // A current `ts` has 19 digits.
+        (shape, bytes) => Payload::sized(
+            shape,
+            bytes.unwrap_or(DEFAULT_REALISTIC_BYTES),
+            digits(events.saturating_sub(1)) + 19,
+            args.seed,
+        ),
+    };
+    let history_payload = match (args.shape, args.history_bytes) {
+        (Shape::Pad, None) => Payload::pad(args.history_pad),
+        (shape, bytes) => Payload::sized(
+            shape,
+            bytes.or(args.event_bytes).unwrap_or(DEFAULT_REALISTIC_BYTES),
+            digits(args.history.saturating_sub(1)) + 1,
+            args.seed ^ 0x5EED,
+        ),
+    };
     let plan = Arc::new(Plan::build(&PlanOptions {
         connections: args.connections,
         orgs: args.orgs,
@@ -656,7 +702,7 @@ fn main() -> anyhow::Result<()> {
             args.roles
         },
         events: events as usize,
-        pad_bytes: args.pad,
+        payload: live_payload.clone(),
         org_prefix: args.org_prefix.clone(),
         seed: args.seed,
     }));
@@ -702,7 +748,9 @@ fn main() -> anyhow::Result<()> {
                 None => None,
             };
             requests.push(match args.transport {
-                Transport::Sse => client::stream_request(&endpoint.authority, &path, token.as_deref()),
+                Transport::Sse => {
+                    client::stream_request(&endpoint.authority, &path, token.as_deref(), args.accept_encoding)
+                }
                 Transport::Ws => ws::request(&endpoint.authority, &path, token.as_deref(), args.ws_deflate),
             });
         }
@@ -744,13 +792,14 @@ fn main() -> anyhow::Result<()> {
                         &endpoint.authority,
                         "/api/events?since=0",
                         Some(&token),
+                        args.accept_encoding,
                     ));
                 }
                 Some(Storm {
                     history: storm::History {
                         org,
                         events: args.history,
-                        pad: args.history_pad,
+                        payload: history_payload.clone(),
                     },
                     requests,
                     timeout: Duration::from_secs_f64(args.replay_timeout),
@@ -816,6 +865,11 @@ fn main() -> anyhow::Result<()> {
         duration: args.duration,
         events,
         pad: args.pad,
+        accept_encoding: args.accept_encoding.header_value().to_string(),
+        shape: format!("{:?}", live_payload.shape()).to_lowercase(),
+        event_bytes: live_payload.mean_bytes(events.min(1000), 1_800_000_000_000_000_000),
+        history_event_bytes: (args.replayers > 0)
+            .then(|| history_payload.mean_bytes(args.history.min(1000), 0)),
         server_pids: server_pids.clone(),
         load_before,
     };

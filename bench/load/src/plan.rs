@@ -13,6 +13,7 @@ use event_gateway::policy::Policy;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::payload::Payload;
 use crate::tally::SeqSet;
 
 /// The event type every bench event carries.
@@ -65,8 +66,8 @@ pub struct Plan {
     pub conns: Vec<ConnSpec>,
     /// Indexed by sequence number.
     pub events: Vec<EventSpec>,
-    /// `data.pad`, so events have a realistic size.
-    pub pad: String,
+    /// What each event's `data` holds besides `seq` and `ts`.
+    pub payload: Payload,
 }
 
 pub struct PlanOptions {
@@ -75,7 +76,7 @@ pub struct PlanOptions {
     pub orgs_per_conn: usize,
     pub roles: Roles,
     pub events: usize,
-    pub pad_bytes: usize,
+    pub payload: Payload,
     pub org_prefix: String,
     pub seed: u64,
 }
@@ -144,7 +145,7 @@ impl Plan {
             orgs,
             conns,
             events,
-            pad: "x".repeat(options.pad_bytes),
+            payload: options.payload.clone(),
         }
     }
 
@@ -155,7 +156,7 @@ impl Plan {
 
     /// Appends the bench payload (`data`) of event `seq` sent at `ts` (ns since the epoch).
     pub fn write_data(&self, out: &mut String, seq: u64, ts: u64) {
-        let _ = write!(out, "{{\"seq\":{seq},\"ts\":{ts},\"pad\":\"{}\"}}", self.pad);
+        self.payload.write(out, seq, ts);
     }
 
     /// Appends the full envelope of event `seq` sent at `ts`.
@@ -265,7 +266,7 @@ mod tests {
             orgs_per_conn: 1,
             roles,
             events: 200,
-            pad_bytes: 3,
+            payload: Payload::pad(3),
             org_prefix: "o".into(),
             seed: 7,
         }

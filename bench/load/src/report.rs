@@ -27,6 +27,14 @@ pub struct Context {
     pub duration: f64,
     pub events: u64,
     pub pad: usize,
+    /// SSE: the `Accept-Encoding` sent.
+    pub accept_encoding: String,
+    /// `pad` or `realistic`.
+    pub shape: String,
+    /// Mean bytes of the live events' data.
+    pub event_bytes: f64,
+    /// Mean bytes of the history events' data (replay storm).
+    pub history_event_bytes: Option<f64>,
     pub server_pids: Vec<u32>,
     pub load_before: f64,
 }
@@ -117,6 +125,9 @@ pub fn print(context: &Context, result: &RunResult) {
     let mut with_id = 0u64;
     let mut reads = 0u64;
     let mut wire_bytes = 0u64;
+    let mut inflated_bytes = 0u64;
+    let mut gzip_streams = 0u64;
+    let mut gzip_complete = 0u64;
     let mut ws = WsTotals::default();
     let mut established = 0u64;
     let published = result.publish.as_ref().map(|p| &p.published);
@@ -141,6 +152,9 @@ pub fn print(context: &Context, result: &RunResult) {
         with_id += record.with_id;
         reads += record.reads;
         wire_bytes += record.wire_bytes;
+        inflated_bytes += record.inflated_bytes;
+        gzip_streams += record.gzip as u64;
+        gzip_complete += record.gzip_complete as u64;
         ws.add(&record.ws);
     }
     for record in result.records.iter().filter(|r| r.failure.is_some()) {
@@ -200,6 +214,10 @@ pub fn print(context: &Context, result: &RunResult) {
     let deliveries_per_read = (reads > 0).then(|| deliveries as f64 / reads as f64);
     let wire_bytes_per_delivery = (deliveries > 0).then(|| wire_bytes as f64 / deliveries as f64);
     let is_ws = context.transport == "ws";
+    // WebSocket: the messages once inflated; SSE: the event stream once dechunked and inflated.
+    let inflated_total = if is_ws { ws.message_bytes } else { inflated_bytes };
+    let inflated_bytes_per_delivery = (deliveries > 0).then(|| inflated_total as f64 / deliveries as f64);
+    let wire_ratio = (inflated_total > 0).then(|| wire_bytes as f64 / inflated_total as f64);
 
     // Human table.
     let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_string(), |v| format!("{v:.2}{unit}"));
@@ -209,7 +227,7 @@ pub fn print(context: &Context, result: &RunResult) {
         context.label, context.target, context.url, context.server_pids, context.load_before
     );
     println!(
-        "scenario      {} {} streams over {} orgs, roles {}, ramp {}/s; {} ev/s for {} s via {} ({} events, pad {} B); client {} x{}",
+        "scenario      {} {} streams over {} orgs, roles {}, ramp {}/s; {} ev/s for {} s via {} ({} events, {}); client {} x{}",
         context.connections,
         context.transport,
         context.orgs,
@@ -219,7 +237,11 @@ pub fn print(context: &Context, result: &RunResult) {
         context.duration,
         context.via,
         context.events,
-        context.pad,
+        if context.shape == "pad" {
+            format!("pad {} B, data {:.0} B", context.pad, context.event_bytes)
+        } else {
+            format!("{} data of {:.0} B", context.shape, context.event_bytes)
+        },
         context.mode,
         context.threads
     );
@@ -246,6 +268,13 @@ pub fn print(context: &Context, result: &RunResult) {
             } else {
                 String::new()
             }
+        );
+    }
+    if !is_ws {
+        println!(
+            "encoding      Accept-Encoding: {}; Content-Encoding gzip on {gzip_streams} of {established} streams \
+             ({gzip_complete} ended with a checked gzip trailer)",
+            context.accept_encoding
         );
     }
     if let Some(publish) = publish {
@@ -277,8 +306,16 @@ pub fn print(context: &Context, result: &RunResult) {
         );
     }
     println!(
-        "wire          {wire_bytes} B received after the response heads -> {} B per delivery",
-        opt(wire_bytes_per_delivery, "")
+        "wire          {wire_bytes} B received after the response heads -> {} B per delivery; \
+         {inflated_total} B {} -> {} B per delivery (wire/inflated {})",
+        opt(wire_bytes_per_delivery, ""),
+        if is_ws {
+            "of messages once inflated"
+        } else {
+            "of event stream, dechunked and inflated"
+        },
+        opt(inflated_bytes_per_delivery, ""),
+        opt(wire_ratio, "")
     );
     if is_ws {
         println!("websocket     {}", ws.human());
@@ -354,6 +391,12 @@ pub fn print(context: &Context, result: &RunResult) {
         "duration_secs": context.duration,
         "events_planned": context.events,
         "pad_bytes": context.pad,
+        "shape": context.shape,
+        "event_bytes": context.event_bytes,
+        "history_event_bytes": context.history_event_bytes,
+        "accept_encoding": (!is_ws).then_some(&context.accept_encoding),
+        "gzip_streams": (!is_ws).then_some(gzip_streams),
+        "gzip_complete": (!is_ws).then_some(gzip_complete),
         "load_before": context.load_before,
         "established": established,
         "failed": failures.values().sum::<u64>(),
@@ -382,6 +425,9 @@ pub fn print(context: &Context, result: &RunResult) {
         "deliveries_per_read": deliveries_per_read,
         "wire_bytes": wire_bytes,
         "wire_bytes_per_delivery": wire_bytes_per_delivery,
+        "inflated_bytes": inflated_total,
+        "inflated_bytes_per_delivery": inflated_bytes_per_delivery,
+        "wire_to_inflated": wire_ratio,
         "ws": is_ws.then(|| ws.json()),
         "server_rss_before_kb": server.rss_before_kb,
         "server_rss_connected_kb": server.rss_connected_kb,
@@ -511,6 +557,11 @@ struct StormFigures {
     page_p99_us: Option<u64>,
     page_max_us: Option<u64>,
     longest: Option<(u64, String)>,
+    gzip: usize,
+    wire_bytes: u64,
+    inflated_bytes: u64,
+    /// Of each replay: the median.
+    wire_bytes_median: u64,
 }
 
 impl StormFigures {
@@ -545,6 +596,14 @@ impl StormFigures {
             page_p99_us: percentile(0.99),
             page_max_us: pages.last().copied(),
             longest: storm.slowlog.longest.clone(),
+            gzip: storm.records.iter().filter(|r| r.gzip).count(),
+            wire_bytes: storm.records.iter().map(|r| r.wire_bytes).sum(),
+            inflated_bytes: storm.records.iter().map(|r| r.inflated_bytes).sum(),
+            wire_bytes_median: {
+                let mut each: Vec<u64> = storm.records.iter().map(|r| r.wire_bytes).collect();
+                each.sort_unstable();
+                each.get(each.len() / 2).copied().unwrap_or(0)
+            },
         }
     }
 
@@ -553,6 +612,8 @@ impl StormFigures {
         format!(
             "replay storm  {} of {} replays of {} events complete{}, {} out of order, {} truncated; \
              {:.0} events/s over all, median {:.2} s, slowest {:.2} s\n\
+             replay wire   {} B received after the response heads ({} B per replay, median; {:.1} B per history event), \
+             {} B of event stream once inflated (wire/inflated {:.3}); gzip on {} of {} replays\n\
              redis         {} page reads: p50 {}, p99 {}, max {}; longest command {}",
             self.complete,
             self.replayers,
@@ -563,6 +624,13 @@ impl StormFigures {
             self.events_per_sec,
             self.median_secs,
             self.slowest_secs,
+            self.wire_bytes,
+            self.wire_bytes_median,
+            self.wire_bytes as f64 / (self.history * self.replayers as u64).max(1) as f64,
+            self.inflated_bytes,
+            self.wire_bytes as f64 / self.inflated_bytes.max(1) as f64,
+            self.gzip,
+            self.replayers,
             self.pages,
             us(self.page_p50_us),
             us(self.page_p99_us),
@@ -584,6 +652,12 @@ impl StormFigures {
             "events_per_sec": self.events_per_sec,
             "median_secs": self.median_secs,
             "slowest_secs": self.slowest_secs,
+            "gzip": self.gzip,
+            "wire_bytes": self.wire_bytes,
+            "wire_bytes_median": self.wire_bytes_median,
+            "wire_bytes_per_event": self.wire_bytes as f64 / (self.history * self.replayers as u64).max(1) as f64,
+            "inflated_bytes": self.inflated_bytes,
+            "inflated_bytes_per_event": self.inflated_bytes as f64 / (self.history * self.replayers as u64).max(1) as f64,
             "redis_page_reads": self.pages,
             "redis_page_p50_us": self.page_p50_us,
             "redis_page_p99_us": self.page_p99_us,

@@ -5,6 +5,9 @@
 //! The load generator reads up to a million events a second on one core, so the SSE decoder
 //! does not build strings: it recognises the event name into a small fixed buffer and scans the
 //! `data` field only for the bench payload's leading `{"seq":N,"ts":T` with a tiny state machine.
+//! A `Content-Encoding: gzip` body is inflated (`gzip.rs`) between the chunks and the events.
+
+use crate::gzip::GzipDecoder;
 
 /// A malformed chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,6 +457,8 @@ impl SseDecoder {
 pub struct ResponseHead {
     pub status: u16,
     pub chunked: bool,
+    /// The `Content-Encoding`, lowercased, when there is one.
+    pub content_encoding: Option<String>,
     /// Length of the head including the blank line.
     pub len: usize,
 }
@@ -477,18 +482,120 @@ pub fn parse_head(buffer: &[u8]) -> Result<Option<ResponseHead>, &'static str> {
         .next()
         .and_then(|code| code.parse::<u16>().ok())
         .ok_or("bad status line")?;
-    let chunked = lines.any(|line| {
+    let mut chunked = false;
+    let mut content_encoding: Option<String> = None;
+    for line in lines {
         let Some((name, value)) = line.split_once(':') else {
-            return false;
+            continue;
         };
-        name.trim().eq_ignore_ascii_case("transfer-encoding")
-            && value.to_ascii_lowercase().contains("chunked")
-    });
+        let (name, value) = (name.trim(), value.trim().to_ascii_lowercase());
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked |= value.contains("chunked");
+        } else if name.eq_ignore_ascii_case("content-encoding") {
+            // Repeated headers are one list (RFC 9110, 5.3).
+            content_encoding = Some(match content_encoding {
+                Some(before) => format!("{before}, {value}"),
+                None => value,
+            });
+        }
+    }
     Ok(Some(ResponseHead {
         status,
         chunked,
+        content_encoding,
         len: end + 4,
     }))
+}
+
+/// An SSE response body as it comes off the socket: chunked or read until close, gzip or not,
+/// decoded down to events. The inflater exists only for a compressed body.
+#[derive(Debug)]
+pub struct SseBody {
+    /// `None`: read until the connection closes.
+    chunks: Option<ChunkDecoder>,
+    gzip: Option<Box<GzipDecoder>>,
+    sse: SseDecoder,
+    /// Bytes of the event stream itself: after the chunk framing and, for a compressed body,
+    /// once inflated.
+    pub inflated_bytes: u64,
+}
+
+impl SseBody {
+    /// The decoder of the body `head` announces; refuses a content coding it cannot undo.
+    pub fn new(head: &ResponseHead) -> Result<Self, String> {
+        let gzip = match head.content_encoding.as_deref() {
+            None | Some("identity") | Some("") => None,
+            Some("gzip") | Some("x-gzip") => Some(Box::default()),
+            Some(other) => return Err(format!("unsupported_content_encoding: {other}")),
+        };
+        Ok(Self {
+            chunks: head.chunked.then(ChunkDecoder::default),
+            gzip,
+            sse: SseDecoder::default(),
+            inflated_bytes: 0,
+        })
+    }
+
+    /// Whether the body is gzip.
+    pub fn is_compressed(&self) -> bool {
+        self.gzip.is_some()
+    }
+
+    /// Whether a gzip body's final block and trailer were read and matched (false for plain).
+    pub fn gzip_complete(&self) -> bool {
+        self.gzip.as_ref().is_some_and(|gzip| gzip.is_done())
+    }
+
+    /// Decodes `bytes` (any cut of the body), calling `on_event` for each complete event;
+    /// `scratch` is the inflater's output buffer. False once the body has ended (the last chunk).
+    pub fn feed(
+        &mut self,
+        bytes: &[u8],
+        scratch: &mut Vec<u8>,
+        mut on_event: impl FnMut(&SseEvent<'_>),
+    ) -> Result<bool, String> {
+        let Self {
+            chunks,
+            gzip,
+            sse,
+            inflated_bytes,
+        } = self;
+        let mut error = None;
+        let mut body = |piece: &[u8]| {
+            if error.is_some() {
+                return;
+            }
+            match gzip {
+                Some(gzip) => {
+                    let inflated = gzip.feed(piece, scratch, |plain| {
+                        *inflated_bytes += plain.len() as u64;
+                        sse.feed(plain, &mut on_event);
+                    });
+                    error = inflated.err();
+                }
+                None => {
+                    *inflated_bytes += piece.len() as u64;
+                    sse.feed(piece, &mut on_event);
+                }
+            }
+        };
+        let more = match chunks {
+            Some(chunks) => {
+                chunks
+                    .feed(bytes, &mut body)
+                    .map_err(|e| format!("bad_chunk: {e}"))?;
+                !chunks.is_done()
+            }
+            None => {
+                body(bytes);
+                true
+            }
+        };
+        match error {
+            Some(error) => Err(error),
+            None => Ok(more),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -624,6 +731,7 @@ mod tests {
             Ok(Some(ResponseHead {
                 status: 200,
                 chunked: true,
+                content_encoding: None,
                 len: head.len() - 4
             }))
         );
@@ -636,5 +744,73 @@ mod tests {
             Some((429, false))
         );
         assert!(parse_head(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn reads_the_content_coding_and_refuses_one_it_cannot_undo() {
+        let head = |extra: &str| {
+            let text = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n{extra}\r\n");
+            parse_head(text.as_bytes()).expect("parses").expect("complete")
+        };
+        assert_eq!(head("").content_encoding, None);
+        assert_eq!(
+            head("Content-Encoding: GZIP\r\n").content_encoding.as_deref(),
+            Some("gzip")
+        );
+        assert_eq!(
+            head("content-encoding: gzip\r\ncontent-encoding: br\r\n")
+                .content_encoding
+                .as_deref(),
+            Some("gzip, br")
+        );
+        for (extra, compressed) in [
+            ("", Some(false)),
+            ("content-encoding: identity\r\n", Some(false)),
+            ("content-encoding: gzip\r\n", Some(true)),
+            ("content-encoding: x-gzip\r\n", Some(true)),
+            ("content-encoding: br\r\n", None),
+            ("content-encoding: gzip, gzip\r\n", None),
+        ] {
+            let body = SseBody::new(&head(extra));
+            assert_eq!(
+                body.as_ref().ok().map(SseBody::is_compressed),
+                compressed,
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_is_dechunked_and_inflated_down_to_its_events() {
+        use crate::gzip::tests::{gzip_stream, Block};
+        let frames: Vec<Vec<u8>> = vec![GATEWAY_STREAM[..13].to_vec(), GATEWAY_STREAM[13..].to_vec()];
+        let (wire, _) = gzip_stream(&frames, &[Block::Compressed], true);
+        let mut chunked = format!("{:x}\r\n", wire.len()).into_bytes();
+        chunked.extend_from_slice(&wire);
+        chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+        let head =
+            parse_head(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n")
+                .expect("parses")
+                .expect("complete");
+        for cut in 0..=chunked.len() {
+            let mut body = SseBody::new(&head).expect("gzip");
+            let mut scratch = Vec::new();
+            let mut seen = Vec::new();
+            let mut more = true;
+            for piece in [&chunked[..cut], &chunked[cut..]] {
+                more = body
+                    .feed(piece, &mut scratch, |event| {
+                        seen.push(Seen {
+                            name: String::from_utf8_lossy(event.name).into_owned(),
+                            bench: event.bench,
+                            has_id: event.has_id,
+                        })
+                    })
+                    .expect("valid");
+            }
+            assert_eq!(seen, gateway_events(), "cut {cut}");
+            assert!(!more && body.gzip_complete(), "cut {cut}");
+            assert_eq!(body.inflated_bytes, GATEWAY_STREAM.len() as u64);
+        }
     }
 }

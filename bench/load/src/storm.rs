@@ -13,7 +13,8 @@ use redis::aio::MultiplexedConnection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::sse::{parse_head, ChunkDecoder, SseDecoder, SseEvent};
+use crate::payload::Payload;
+use crate::sse::{parse_head, SseBody, SseEvent};
 
 /// The type of every history event.
 pub const HISTORY_TYPE: &str = "bench.history";
@@ -25,8 +26,8 @@ const SEED_BATCH: u64 = 500;
 pub struct History {
     pub org: String,
     pub events: u64,
-    /// Bytes of padding in each history event's data.
-    pub pad: usize,
+    /// Each history event's data (written with `ts` 0).
+    pub payload: Payload,
 }
 
 async fn connect_redis(redis_url: &str) -> anyhow::Result<MultiplexedConnection> {
@@ -44,18 +45,16 @@ async fn connect_redis(redis_url: &str) -> anyhow::Result<MultiplexedConnection>
 /// Function publishers use (so the ids, the trimming and the org's history key are real).
 pub async fn seed(redis_url: &str, history: &History) -> anyhow::Result<()> {
     let mut connection = connect_redis(redis_url).await?;
-    let pad = "x".repeat(history.pad);
-    let mut envelope = String::with_capacity(history.pad + 96);
+    let mut envelope = String::with_capacity(4096);
     let mut next = 0;
     while next < history.events {
         let end = (next + SEED_BATCH).min(history.events);
         let mut pipe = redis::pipe();
         for seq in next..end {
             envelope.clear();
-            let _ = write!(
-                envelope,
-                r#"{{"type":"{HISTORY_TYPE}","data":{{"seq":{seq},"ts":0,"pad":"{pad}"}}}}"#
-            );
+            let _ = write!(envelope, r#"{{"type":"{HISTORY_TYPE}","data":"#);
+            history.payload.write(&mut envelope, seq, 0);
+            envelope.push('}');
             pipe.cmd("FCALL")
                 .arg("event_gateway_publish")
                 .arg(0)
@@ -168,6 +167,12 @@ pub struct ReplayRecord {
     pub truncated: u64,
     /// From connecting to the last history event.
     pub elapsed: Duration,
+    /// Bytes received after the response head (chunk framing included, compressed as sent).
+    pub wire_bytes: u64,
+    /// Bytes of the event stream itself (after the chunk framing, inflated).
+    pub inflated_bytes: u64,
+    /// The response was `Content-Encoding: gzip`.
+    pub gzip: bool,
     pub failure: Option<String>,
 }
 
@@ -200,7 +205,7 @@ async fn read_history(
     stream.write_all(request).await.map_err(|e| e.to_string())?;
     let mut buffer = vec![0u8; 256 * 1024];
     let mut head = Vec::new();
-    let (chunked, mut body) = loop {
+    let (mut decoder, mut body) = loop {
         let n = stream.read(&mut buffer).await.map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("closed before the response head".into());
@@ -211,11 +216,12 @@ async fn read_history(
                 let text = String::from_utf8_lossy(&head[parsed.len..]);
                 return Err(format!("status {}: {}", parsed.status, text.trim()));
             }
-            break (parsed.chunked, head.split_off(parsed.len));
+            break (SseBody::new(&parsed)?, head.split_off(parsed.len));
         }
     };
-    let mut chunks = ChunkDecoder::default();
-    let mut sse = SseDecoder::default();
+    record.gzip = decoder.is_compressed();
+    record.wire_bytes += body.len() as u64;
+    let mut inflated = Vec::new();
     let mut next = 0u64;
     loop {
         let mut on_event = |event: &SseEvent<'_>| match event.name {
@@ -229,20 +235,16 @@ async fn read_history(
             },
             _ => {}
         };
-        if chunked {
-            chunks
-                .feed(&body, |piece| sse.feed(piece, &mut on_event))
-                .map_err(|e| format!("bad chunk: {e}"))?;
-        } else {
-            sse.feed(&body, &mut on_event);
-        }
-        if next == events || chunks.is_done() {
+        let more = decoder.feed(&body, &mut inflated, &mut on_event);
+        record.inflated_bytes = decoder.inflated_bytes;
+        if !more? || next == events {
             return Ok(());
         }
         let n = stream.read(&mut buffer).await.map_err(|e| e.to_string())?;
         if n == 0 {
             return Ok(());
         }
+        record.wire_bytes += n as u64;
         body.clear();
         body.extend_from_slice(&buffer[..n]);
     }
@@ -254,6 +256,69 @@ mod tests {
 
     fn bulk(text: &str) -> redis::Value {
         redis::Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    /// A replay of `events` realistic history events as the gateway sends it: the opening
+    /// frames, then the burst, gzip (one unit, as the gateway compresses a catch-up) or not.
+    async fn replay_of(events: u64, gzip: bool) -> (ReplayRecord, u64, u64) {
+        use crate::gzip::tests::{gzip_stream, Block};
+        let payload = Payload::sized(crate::payload::Shape::Realistic, 300, 0, 3);
+        let mut burst = Vec::new();
+        for seq in 0..events {
+            let mut data = String::new();
+            payload.write(&mut data, seq, 0);
+            burst.extend_from_slice(
+                format!("id: 1-{seq}\nevent: {HISTORY_TYPE}\ndata: {data}\n\n").as_bytes(),
+            );
+        }
+        let frames = vec![
+            b"retry: 3000\n\n".to_vec(),
+            b"event: connected\ndata: {}\n\n".to_vec(),
+            burst,
+        ];
+        let plain: u64 = frames.iter().map(|f| f.len() as u64).sum();
+        let response = if gzip {
+            let (wire, ends) = gzip_stream(&frames, &[Block::Compressed], false);
+            crate::client::tests::gzip_chunked(&wire, &ends, false)
+        } else {
+            let mut response =
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                    .to_vec();
+            for frame in &frames {
+                response.extend_from_slice(format!("{:x}\r\n", frame.len()).as_bytes());
+                response.extend_from_slice(frame);
+                response.extend_from_slice(b"\r\n");
+            }
+            response
+        };
+        let head = parse_head(&response).expect("head").expect("head").len;
+        let body = (response.len() - head) as u64;
+        let (address, _stop) = crate::client::tests::scripted_server(response, vec![1000, 7]).await;
+        let request = crate::client::stream_request(
+            "127.0.0.1",
+            "/api/events?since=0",
+            Some("t0k"),
+            crate::client::AcceptEncoding::Gzip,
+        );
+        let record = replay(address, request, events, Instant::now() + Duration::from_secs(10)).await;
+        (record, body, plain)
+    }
+
+    #[tokio::test]
+    async fn a_replay_is_read_to_its_end_and_its_bytes_counted_plain_or_gzip() {
+        for gzip in [false, true] {
+            let (record, body, plain) = replay_of(2000, gzip).await;
+            assert_eq!(record.failure, None, "gzip {gzip}");
+            assert_eq!((record.received, record.out_of_order), (2000, 0), "gzip {gzip}");
+            assert_eq!(record.gzip, gzip);
+            assert_eq!(record.wire_bytes, body, "gzip {gzip}");
+            assert_eq!(record.inflated_bytes, plain, "gzip {gzip}");
+            if gzip {
+                // One unit of varied tickets: far less than plain, far more than padding would be.
+                let ratio = body as f64 / plain as f64;
+                assert!((0.1..0.6).contains(&ratio), "{ratio}");
+            }
+        }
     }
 
     #[test]
