@@ -34,7 +34,9 @@ OUT=${OUT:-$ROOT/bench/results}
 BENCH_ARGS=${BENCH_ARGS:-}
 # Extra environment for every gateway, e.g. GATEWAY_ENV="GATEWAY__COMPRESSION__MIN_BYTES=0" (the
 # bench's events, ~140 B with the default --pad 64, are under compression.min_bytes, so wsz- runs
-# negotiate permessage-deflate but get them uncompressed unless this or a larger --pad says so).
+# negotiate permessage-deflate but get them uncompressed unless this or a larger --pad says so;
+# likewise gzip- runs get events whose SSE frame is under 256 B, bytes-200's included, as stored
+# blocks).
 read -r -a GATEWAY_ENV_ARGS <<<"${GATEWAY_ENV:-}"
 SECRET=bench-secret-not-for-production-0123456789
 mkdir -p "$OUT"
