@@ -1,4 +1,4 @@
-//! protocol §12: the WebSocket transport. Everything that holds for SSE holds here too (the
+//! protocol §13: the WebSocket transport. Everything that holds for SSE holds here too (the
 //! policy matrix runs over both, see policy.rs); these tests cover what is WebSocket's own:
 //! the handshake, the message shape, the client's operations and the close codes.
 //! Read through `tokio-tungstenite`; the compressed stream through a raw socket and `flate2`.
