@@ -1164,6 +1164,104 @@ mod tests {
         );
     }
 
+    /// An event whose message compresses (`text` repeats).
+    fn wordy(id: u64, priority: &str, n: u32) -> Arc<Event> {
+        let raw = format!(
+            r#"{{"type":"a.b","priority":"{priority}","data":{{"n":{n},"text":"{}"}}}}"#,
+            "abc".repeat(40)
+        );
+        let envelope = Envelope::parse(raw.as_bytes(), 65536).expect("valid");
+        Arc::new(Event::new(
+            OrgId::parse("o1").expect("valid"),
+            Some(EventId { millis: 1, seq: id }),
+            envelope,
+        ))
+    }
+
+    fn wordy_data(n: u32) -> serde_json::Value {
+        serde_json::json!({"n": n, "text": "abc".repeat(40)})
+    }
+
+    /// The JSON messages of a WebSocket chunk, compressed ones inflated, and how many were.
+    fn ws_messages(output: Output) -> (Vec<serde_json::Value>, usize) {
+        let Output::Frames { bytes, .. } = output else {
+            panic!("frames");
+        };
+        let mut rest = &bytes[..];
+        let mut messages = Vec::new();
+        let mut compressed = 0;
+        while !rest.is_empty() {
+            let (header, len) = match rest[1] {
+                126 => (4, usize::from(u16::from_be_bytes([rest[2], rest[3]]))),
+                short => (2, usize::from(short)),
+            };
+            let payload = &rest[header..header + len];
+            let text = if rest[0] & 0x40 != 0 {
+                compressed += 1;
+                crate::wire::deflate::inflate_message(payload, 1 << 20).expect("inflates")
+            } else {
+                payload.to_vec()
+            };
+            messages.push(serde_json::from_slice(&text).expect("a JSON message"));
+            rest = &rest[header + len..];
+        }
+        (messages, compressed)
+    }
+
+    fn ws_subscriber(shard: &Shard, encoding: Encoding, orgs: &[&str]) -> Arc<Subscriber> {
+        let opening = Opening {
+            encoding,
+            now: 0,
+            replaying: false,
+        };
+        shard.register(viewer("ops", orgs), "ops", u64::MAX, opening)
+    }
+
+    #[test]
+    fn over_websocket_high_priority_overtakes_queued_durable_events_without_its_id() {
+        for encoding in [Encoding::Ws, Encoding::WsDeflate { min_bytes: 0 }] {
+            let shard = Shard::detached(8);
+            let subscriber = ws_subscriber(&shard, encoding, &["o1"]);
+            shard.publish(&wordy(1, "normal", 1));
+            shard.publish(&wordy(2, "high", 2));
+            let (waker, _) = noop_waker();
+            let (messages, compressed) = ws_messages(subscriber.take(&waker, &ReplayMarks::default()));
+            assert_eq!(
+                messages,
+                [
+                    serde_json::json!({"event": "a.b", "data": wordy_data(2)}),
+                    serde_json::json!({"event": "a.b", "data": wordy_data(1), "id": "1-1"}),
+                ],
+                "{encoding:?}"
+            );
+            assert_eq!(compressed, if encoding == Encoding::Ws { 0 } else { 2 });
+        }
+    }
+
+    #[test]
+    fn over_websocket_a_stream_with_a_cursor_gets_it_as_each_durable_events_id() {
+        let orgs = [
+            OrgId::parse("o1").expect("valid"),
+            OrgId::parse("o2").expect("valid"),
+        ];
+        for encoding in [Encoding::Ws, Encoding::WsDeflate { min_bytes: 0 }] {
+            let shard = Shard::detached(8);
+            let subscriber = ws_subscriber(&shard, encoding, &["o1", "o2"]);
+            subscriber.track_cursor(Cursor::starting(&orgs, |_| crate::cursor::Position::From(0)));
+            shard.publish(&wordy(1, "normal", 1));
+            let (waker, _) = noop_waker();
+            let mut cursor = Cursor::starting(&orgs, |_| crate::cursor::Position::From(0));
+            cursor.advance(&orgs[0], EventId { millis: 1, seq: 1 });
+            let (messages, compressed) = ws_messages(subscriber.take(&waker, &ReplayMarks::default()));
+            assert_eq!(
+                messages,
+                [serde_json::json!({"event": "a.b", "data": wordy_data(1), "id": cursor.encode()})],
+                "{encoding:?}"
+            );
+            assert_eq!(compressed, if encoding == Encoding::Ws { 0 } else { 1 });
+        }
+    }
+
     #[test]
     fn unregistered_subscribers_get_nothing() {
         let shard = Shard::detached(8);
