@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::broker::Truncation;
 use crate::hub::Shard;
-use crate::session::{Chunk, Connected, Framing, Session};
+use crate::session::{truncation_data, Chunk, Connected, Framing, Session};
 use crate::wire::gzip::{self, Tally};
 use crate::wire::Encoding;
 
@@ -58,14 +58,7 @@ impl Framing for SseFraming {
     }
 
     fn opening(&self, connected: &Connected) -> Bytes {
-        let connected_data = json!({
-            "connectionId": connected.connection_id,
-            "userId": connected.user_id,
-            "role": connected.role,
-            "orgs": connected.orgs,
-            "replica": connected.replica,
-            "keepaliveSecs": connected.keepalive_secs,
-        });
+        let connected_data = connected.data();
         let mut frames = BytesMut::with_capacity(256);
         frames.put_slice(&retry_frame(self.retry_ms));
         frames.put_slice(format!("event: connected\ndata: {connected_data}\n\n").as_bytes());
@@ -73,8 +66,7 @@ impl Framing for SseFraming {
     }
 
     fn truncated(&self, truncation: &Truncation) -> Bytes {
-        let oldest_id = truncation.oldest_id.map(|id| id.to_string()).unwrap_or_default();
-        let data = json!({ "oldestId": oldest_id, "reason": truncation.reason.as_str() });
+        let data = truncation_data(truncation);
         Bytes::from(format!("event: history.truncated\ndata: {data}\n\n"))
     }
 }

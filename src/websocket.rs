@@ -25,7 +25,7 @@ use crate::event::OrgId;
 use crate::hub::Shard;
 use crate::policy::TypeFilter;
 use crate::routes::{parse_position, AppState};
-use crate::session::{Chunk, Connected, Framing, Reauthorized, Session};
+use crate::session::{truncation_data, Chunk, Connected, Framing, Reauthorized, Session};
 use crate::wire::deflate;
 use crate::wire::ws::{self, ClientFrame, FrameError, Opcode};
 use crate::wire::Encoding;
@@ -86,25 +86,11 @@ impl Framing for WsFraming {
     }
 
     fn opening(&self, connected: &Connected) -> Bytes {
-        ws::message(
-            "connected",
-            &json!({
-                "connectionId": connected.connection_id,
-                "userId": connected.user_id,
-                "role": connected.role,
-                "orgs": connected.orgs,
-                "replica": connected.replica,
-                "keepaliveSecs": connected.keepalive_secs,
-            }),
-        )
+        ws::message("connected", &connected.data())
     }
 
     fn truncated(&self, truncation: &Truncation) -> Bytes {
-        let oldest_id = truncation.oldest_id.map(|id| id.to_string()).unwrap_or_default();
-        ws::message(
-            "history.truncated",
-            &json!({ "oldestId": oldest_id, "reason": truncation.reason.as_str() }),
-        )
+        ws::message("history.truncated", &truncation_data(truncation))
     }
 }
 

@@ -83,6 +83,26 @@ pub struct Connected {
     pub keepalive_secs: u64,
 }
 
+impl Connected {
+    /// The `connected` event's data, the same in every transport.
+    pub fn data(&self) -> serde_json::Value {
+        serde_json::json!({
+            "connectionId": self.connection_id,
+            "userId": self.user_id,
+            "role": self.role,
+            "orgs": self.orgs,
+            "replica": self.replica,
+            "keepaliveSecs": self.keepalive_secs,
+        })
+    }
+}
+
+/// The `history.truncated` event's data, the same in every transport.
+pub fn truncation_data(truncation: &Truncation) -> serde_json::Value {
+    let oldest_id = truncation.oldest_id.map(|id| id.to_string()).unwrap_or_default();
+    serde_json::json!({ "oldestId": oldest_id, "reason": truncation.reason.as_str() })
+}
+
 /// How a transport writes what a session says. Events, live and replayed, are written in the
 /// transport's `Encoding`, built once per replica and shared by every recipient.
 pub trait Framing: Unpin + 'static {

@@ -29,6 +29,9 @@ impl Tally {
 
     /// The tally of this one's bytes followed by `next`'s.
     pub fn then(self, next: Tally) -> Self {
+        if self.len == 0 {
+            return next;
+        }
         let mut hasher = crc32fast::Hasher::new_with_initial_len(self.crc, self.len);
         hasher.combine(&crc32fast::Hasher::new_with_initial_len(next.crc, next.len));
         Self {

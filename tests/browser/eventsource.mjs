@@ -30,7 +30,7 @@ import diagnostics from "node:diagnostics_channel";
 
 const [scenario, base, subscriberToken, serviceToken, org] = process.argv.slice(2);
 const STEP_MS = 10_000;
-const RUN_MS = Number(process.env.SSE_SCRIPT_DEADLINE_MS || 60_000);
+const RUN_MS = Number(process.env.SCRIPT_DEADLINE_MS || 60_000);
 
 /** Every event name a listener is added for: the gateway's own and the published types. */
 const PUBLISHED_TYPES = ["ticket.created", "ticket.updated", "ticket.commented", "ticket.assigned", "ticket.closed"];

@@ -21,7 +21,7 @@ import { WebSocket } from "ws";
 
 const [scenario, base, subscriberToken, serviceToken, org] = process.argv.slice(2);
 const STEP_MS = 10_000;
-const RUN_MS = Number(process.env.WS_SCRIPT_DEADLINE_MS || 60_000);
+const RUN_MS = Number(process.env.SCRIPT_DEADLINE_MS || 60_000);
 const wsBase = base?.replace(/^http/, "ws");
 
 let current = "starting";

@@ -9,20 +9,10 @@
 //! Keepalives are set an hour apart, so nothing but an event's own bytes can bring it out of a
 //! client's decoder: an event seen before the next is published was decoded as it arrived.
 
-use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
 use crate::common::gateway::{spawn_gateway, Gateway, GatewayOptions};
-use crate::common::token::{ops, service};
-use crate::common::within;
-
-/// The script fails itself past this (closing its browser first)...
-const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
-/// ...and is killed past this, should it not.
-const KILL_DEADLINE: Duration = Duration::from_secs(90);
+use crate::common::node;
 
 const ORG: &str = "org-gzip-clients";
 
@@ -31,49 +21,17 @@ async fn gateway() -> Gateway {
     spawn_gateway(GatewayOptions::embedded().env("GATEWAY__SSE__KEEPALIVE_SECS", "3600")).await
 }
 
-/// Runs `eventsource.mjs <scenario>` against `gateway` with an `ops` token of `ORG` and returns
-/// its `result:` line, failing with its output (and the gateway's logs) unless it exited 0.
+/// Runs `eventsource.mjs <scenario>` with tokens of `ORG`.
 async fn run_script(gateway: &Gateway, scenario: &str, browser: bool) -> Value {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/eventsource").is_dir() && dir.join("node_modules/playwright-core").is_dir(),
-        "the EventSource client tests need `npm ci --prefix tests/browser` (.ci/run runs it)"
-    );
-    assert!(
-        !browser || Path::new("/usr/bin/chromium").exists(),
-        "the Chromium tests need Debian's chromium (.ci/run installs it)"
-    );
-    let mut command = tokio::process::Command::new("node");
-    command
-        .arg(dir.join("eventsource.mjs"))
-        .arg(scenario)
-        .arg(gateway.base_url())
-        .arg(ops("olivia", ORG))
-        .arg(service(&[ORG]))
-        .arg(ORG)
-        .env("SSE_SCRIPT_DEADLINE_MS", SCRIPT_DEADLINE.as_millis().to_string())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = within(
-        KILL_DEADLINE,
-        &format!("node eventsource.mjs {scenario}"),
-        command.output(),
+    node::run_script(
+        gateway,
+        "eventsource.mjs",
+        &["eventsource", "playwright-core"],
+        browser,
+        scenario,
+        ORG,
     )
     .await
-    .expect("running node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "eventsource.mjs {scenario} ({}):\n{stdout}{stderr}\nthe gateway's logs:\n{}",
-        output.status,
-        gateway.logs()
-    );
-    let result = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("result: "))
-        .unwrap_or_else(|| panic!("eventsource.mjs {scenario} printed no result:\n{stdout}"));
-    serde_json::from_str(result).expect("the result line is JSON")
 }
 
 fn list<'a>(value: &'a Value, what: &str) -> &'a Vec<Value> {

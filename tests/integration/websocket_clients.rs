@@ -4,66 +4,24 @@
 //! `POST /api/publish` and prints what its client received; these tests hold it to the contract.
 //! `.ci/run` installs Debian's chromium and `npm ci --prefix tests/browser`.
 
-use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
 use crate::common::gateway::{spawn_gateway, Gateway, GatewayOptions};
-use crate::common::token::{ops, service};
-use crate::common::within;
-
-/// The script fails itself past this (closing its browser first)...
-const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
-/// ...and is killed past this, should it not.
-const KILL_DEADLINE: Duration = Duration::from_secs(90);
+use crate::common::node;
 
 const ORG: &str = "org-ws";
 
-/// Runs `websocket.mjs <scenario>` against `gateway` with an `ops` token of `ORG` and returns its
-/// `result:` line, failing with its output (and the gateway's logs) unless it exited 0.
+/// Runs `websocket.mjs <scenario>` with tokens of `ORG`.
 async fn run_script(gateway: &Gateway, scenario: &str, browser: bool) -> Value {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/ws").is_dir() && dir.join("node_modules/playwright-core").is_dir(),
-        "the WebSocket client tests need `npm ci --prefix tests/browser` (.ci/run runs it)"
-    );
-    assert!(
-        !browser || Path::new("/usr/bin/chromium").exists(),
-        "the Chromium test needs Debian's chromium (.ci/run installs it)"
-    );
-    let mut command = tokio::process::Command::new("node");
-    command
-        .arg(dir.join("websocket.mjs"))
-        .arg(scenario)
-        .arg(gateway.base_url())
-        .arg(ops("olivia", ORG))
-        .arg(service(&[ORG]))
-        .arg(ORG)
-        .env("WS_SCRIPT_DEADLINE_MS", SCRIPT_DEADLINE.as_millis().to_string())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = within(
-        KILL_DEADLINE,
-        &format!("node websocket.mjs {scenario}"),
-        command.output(),
+    node::run_script(
+        gateway,
+        "websocket.mjs",
+        &["ws", "playwright-core"],
+        browser,
+        scenario,
+        ORG,
     )
     .await
-    .expect("running node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "websocket.mjs {scenario} ({}):\n{stdout}{stderr}\nthe gateway's logs:\n{}",
-        output.status,
-        gateway.logs()
-    );
-    let result = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("result: "))
-        .unwrap_or_else(|| panic!("websocket.mjs {scenario} printed no result:\n{stdout}"));
-    serde_json::from_str(result).expect("the result line is JSON")
 }
 
 /// Asserts that a `Sec-WebSocket-Extensions` answer accepts permessage-deflate without context

@@ -8,6 +8,7 @@
 pub mod envelope;
 pub mod gateway;
 pub mod http;
+pub mod node;
 pub mod raw;
 pub mod redis_cluster;
 pub mod redis_server;
